@@ -1,0 +1,51 @@
+# smoothexplain — every entry point. `make run` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# pip prints one warning per missing local mirror folder on these machines; drop only those lines.
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
+
+.PHONY: help install java test lint unit bench clean
+
+help:
+	@echo "make run     install, build the demo model, start TorchServe, explain one image"
+	@echo "make test    install and run the whole test suite (lint, types, unit, integration)"
+	@echo "make bench   benchmarks (results in bench/results/, summarised in README.md)"
+	@echo "make stop    stop the server started by make run"
+
+install: $(STAMP) java
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip $(QUIET)
+	$(PIP) install -c constraints.txt torch==2.14.1 torchvision==0.29.1 $(QUIET)
+	$(PIP) install -c constraints.txt -e '.[serve,dev]' $(QUIET)
+	touch $(STAMP)
+
+# TorchServe needs Java 17; install Debian's headless JRE where none is on PATH.
+java:
+	@command -v java >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless; }
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+test: install lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/engine_cpu.py --out bench/results/engine-cpu.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,208 @@
+"""One validated, frozen description of an explain request: the only place arguments are checked.
+
+The Python API, the TorchServe handler and the CLI all build an `ExplainSpec` through `make_spec`,
+so a value is judged the same way wherever it comes from, and every error names its field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TypeVar
+
+import torch
+
+from .errors import InvalidArgument
+
+__all__ = [
+    "MAX_SEED",
+    "Bounds",
+    "ExplainSpec",
+    "IgRule",
+    "Method",
+    "NoiseKind",
+    "NtType",
+    "make_spec",
+]
+
+MAX_SEED = 2**63 - 1
+
+
+class Method(StrEnum):
+    GRADIENT = "gradient"
+    INPUT_X_GRADIENT = "input_x_gradient"
+    INTEGRATED_GRADIENTS = "integrated_gradients"
+    GUIDED_BACKPROP = "guided_backprop"
+
+
+class NtType(StrEnum):
+    NONE = "none"
+    SMOOTHGRAD = "smoothgrad"
+    SMOOTHGRAD_SQ = "smoothgrad_sq"
+    VARGRAD = "vargrad"
+
+
+class NoiseKind(StrEnum):
+    GAUSSIAN = "gaussian"
+    ADAPTIVE = "adaptive"
+
+
+class IgRule(StrEnum):
+    GAUSSLEGENDRE = "gausslegendre"
+    RIEMANN_LEFT = "riemann_left"
+    RIEMANN_RIGHT = "riemann_right"
+    RIEMANN_MIDDLE = "riemann_middle"
+    RIEMANN_TRAPEZOID = "riemann_trapezoid"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Input range [low, high]; scalars or tensors broadcastable to one input (e.g. (C, 1, 1))."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ExplainSpec:
+    method: Method = Method.GRADIENT
+    nt_type: NtType = NtType.SMOOTHGRAD
+    noise: NoiseKind = NoiseKind.GAUSSIAN
+    nt_samples: int = 50
+    stdevs: float | None = None
+    sigma: float = 0.15
+    bounds: Bounds | None = None
+    confidence: float = 0.95
+    n_steps: int = 50
+    ig_rule: IgRule = IgRule.GAUSSLEGENDRE
+    return_convergence_delta: bool = False
+
+    @property
+    def samples(self) -> int:
+        """Noise samples actually drawn: one clean pass when there is no noise tunnel."""
+        return 1 if self.nt_type is NtType.NONE else self.nt_samples
+
+    @property
+    def steps(self) -> int:
+        """Model rows per sample: the IG path points, or one."""
+        return self.n_steps if self.method is Method.INTEGRATED_GRADIENTS else 1
+
+    @property
+    def rows(self) -> int:
+        return self.samples * self.steps
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _choice(field: str, value: object, kind: type[E]) -> E:
+    allowed = [m.value for m in kind]
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str) and value in allowed:
+        return kind(value)
+    raise InvalidArgument(f"{field} must be one of {allowed}, got {value!r}", field=field)
+
+
+def _integer(field: str, value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(f"{field} must be an integer, got {value!r}", field=field)
+    if value < low or (high is not None and value > high):
+        upper = "" if high is None else f" and <= {high}"
+        raise InvalidArgument(f"{field} must be >= {low}{upper}, got {value}", field=field)
+    return value
+
+
+def _real(
+    field: str,
+    value: object,
+    *,
+    low: float,
+    open_low: bool = False,
+    high: float | None = None,
+    open_high: bool = False,
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"{field} must be a number, got {value!r}", field=field)
+    number = float(value)
+    too_low = number <= low if open_low else number < low
+    too_high = high is not None and (number >= high if open_high else number > high)
+    if not math.isfinite(number) or too_low or too_high:
+        left = "(" if open_low else "["
+        right = ")" if open_high else "]"
+        span = f"{left}{low}, {'inf' if high is None else high}{right}"
+        raise InvalidArgument(
+            f"{field} must be a finite number in {span}, got {value!r}", field=field
+        )
+    return number
+
+
+def _bounds(value: object) -> Bounds | None:
+    if value is None:
+        return None
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise InvalidArgument(
+            f"bounds must be a pair (x_min, x_max), got {value!r}", field="bounds"
+        )
+    try:
+        low, high = (torch.as_tensor(v, dtype=torch.float64) for v in value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise InvalidArgument(
+            f"bounds must hold numbers or tensors: {error}", field="bounds"
+        ) from None
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
+        raise InvalidArgument("bounds must be finite", field="bounds")
+    try:
+        ordered = bool((high > low).all())
+    except RuntimeError:
+        raise InvalidArgument(
+            "bounds x_min and x_max must have broadcastable shapes", field="bounds"
+        ) from None
+    if not ordered:
+        raise InvalidArgument("bounds must satisfy x_min < x_max everywhere", field="bounds")
+    return Bounds(low=low, high=high)
+
+
+def make_spec(
+    *,
+    method: object = "gradient",
+    nt_type: object = "smoothgrad",
+    noise: object = "gaussian",
+    nt_samples: object = 50,
+    stdevs: object = None,
+    sigma: object = 0.15,
+    bounds: object = None,
+    confidence: object = 0.95,
+    n_steps: object = 50,
+    ig_rule: object = "gausslegendre",
+    return_convergence_delta: object = False,
+) -> ExplainSpec:
+    """Check every argument and return the frozen spec; `InvalidArgument` names a bad field."""
+    chosen_method = _choice("method", method, Method)
+    rule = _choice("ig_rule", ig_rule, IgRule)
+    least_steps = 2 if rule is IgRule.RIEMANN_TRAPEZOID else 1
+    if not isinstance(return_convergence_delta, bool):
+        raise InvalidArgument(
+            "return_convergence_delta must be a bool", field="return_convergence_delta"
+        )
+    if return_convergence_delta and chosen_method is not Method.INTEGRATED_GRADIENTS:
+        raise InvalidArgument(
+            "return_convergence_delta is only defined for method='integrated_gradients'",
+            field="return_convergence_delta",
+        )
+    return ExplainSpec(
+        method=chosen_method,
+        nt_type=_choice("nt_type", nt_type, NtType),
+        noise=_choice("noise", noise, NoiseKind),
+        nt_samples=_integer("nt_samples", nt_samples, 1),
+        stdevs=None if stdevs is None else _real("stdevs", stdevs, low=0.0),
+        sigma=_real("sigma", sigma, low=0.0),
+        bounds=_bounds(bounds),
+        confidence=_real(
+            "confidence", confidence, low=0.0, open_low=True, high=1.0, open_high=True
+        ),
+        n_steps=_integer("n_steps", n_steps, least_steps),
+        ig_rule=rule,
+        return_convergence_delta=return_convergence_delta,
+    )

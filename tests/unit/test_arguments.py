@@ -1,0 +1,113 @@
+"""Every bad argument raises a ValueError subclass naming the argument and what is allowed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from smoothexplain import InvalidArgument, explain
+
+from .analytic import small_cnn
+
+X = torch.zeros(2, 3, 8, 8)
+
+BAD: list[tuple[dict[str, Any], str, str]] = [
+    ({"method": "saliency"}, "method", "integrated_gradients"),
+    ({"method": 3}, "method", "gradient"),
+    ({"nt_type": "mean"}, "nt_type", "smoothgrad_sq"),
+    ({"noise": "uniform"}, "noise", "adaptive"),
+    ({"nt_samples": 0}, "nt_samples", ">= 1"),
+    ({"nt_samples": 2.5}, "nt_samples", "integer"),
+    ({"nt_samples": True}, "nt_samples", "integer"),
+    ({"nt_samples_batch_size": 0}, "nt_samples_batch_size", ">= 1"),
+    ({"nt_samples_batch_size": "8"}, "nt_samples_batch_size", ">= 1"),
+    ({"stdevs": -0.1}, "stdevs", "[0.0, inf]"),
+    ({"stdevs": float("nan")}, "stdevs", "finite"),
+    ({"sigma": -1}, "sigma", "[0.0, inf]"),
+    ({"sigma": "big"}, "sigma", "number"),
+    ({"bounds": (1.0, 0.0)}, "bounds", "x_min < x_max"),
+    ({"bounds": (0.0,)}, "bounds", "pair"),
+    ({"bounds": (0.0, float("inf"))}, "bounds", "finite"),
+    ({"bounds": ("a", "b")}, "bounds", "numbers"),
+    ({"confidence": 1.0}, "confidence", "(0.0, 1.0)"),
+    ({"confidence": 0}, "confidence", "(0.0, 1.0)"),
+    ({"seed": -1}, "seed", "[0, "),
+    ({"seed": 2**63}, "seed", "[0, "),
+    ({"seed": 1.5}, "seed", "integer"),
+    ({"n_steps": 0}, "n_steps", ">= 1"),
+    ({"n_steps": 1, "ig_rule": "riemann_trapezoid"}, "n_steps", ">= 2"),
+    ({"ig_rule": "simpson"}, "ig_rule", "riemann_middle"),
+    ({"return_convergence_delta": True}, "return_convergence_delta", "integrated_gradients"),
+    (
+        {"return_convergence_delta": 1, "method": "integrated_gradients"},
+        "return_convergence_delta",
+        "bool",
+    ),
+    ({"baselines": "zeros", "method": "integrated_gradients"}, "baselines", "tensor"),
+    ({"baselines": torch.zeros(5, 5), "method": "integrated_gradients"}, "baselines", "broadcast"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "field", "allowed"), BAD)
+def test_bad_keyword_names_field_and_allowed_values(
+    kwargs: dict[str, Any], field: str, allowed: str
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        explain(small_cnn(), X, 0, **kwargs)
+    assert isinstance(info.value, ValueError)
+    assert info.value.field == field
+    assert field in str(info.value) and allowed in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "allowed"),
+    [
+        ([[1.0]], "torch.Tensor"),
+        (torch.zeros(2, 3, dtype=torch.int64), "floating-point"),
+        (torch.zeros(3), "(N, ...)"),
+        (torch.zeros(0, 3, 8, 8), "N >= 1"),
+        (torch.full((1, 3, 8, 8), float("nan")), "NaN"),
+    ],
+)
+def test_bad_inputs(inputs: Any, allowed: str) -> None:
+    with pytest.raises(InvalidArgument, match="inputs") as info:
+        explain(small_cnn(), inputs, 0)
+    assert allowed in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("target", "allowed"),
+    [
+        ([0], "one entry per input (2)"),
+        (-1, ">= 0"),
+        ("cat", "int, a list of ints"),
+        (torch.tensor([0.5, 1.0]), "integer tensor"),
+        ([0, 1.5], "integers"),
+        (7, "[0, 4]"),
+    ],
+)
+def test_bad_target(target: Any, allowed: str) -> None:
+    with pytest.raises(InvalidArgument, match="target") as info:
+        explain(small_cnn(), X, target, nt_samples=2)
+    assert info.value.field == "target" and allowed in str(info.value)
+
+
+def test_model_must_be_callable() -> None:
+    with pytest.raises(InvalidArgument, match="model"):
+        explain("resnet", X, 0)  # type: ignore[arg-type]
+
+
+def test_bad_baseline_shapes_are_checked_per_input_count() -> None:
+    one_each = torch.zeros(2, 3, 8, 8)
+    attr = explain(
+        small_cnn(),
+        X + 1,
+        0,
+        method="integrated_gradients",
+        baselines=one_each,
+        nt_type="none",
+        n_steps=3,
+    )
+    assert attr.shape == X.shape
