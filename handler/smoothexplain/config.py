@@ -1,0 +1,127 @@
+"""The `smoothexplain:` section of a model's model-config.yaml, parsed once into frozen objects."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import InvalidArgument
+
+__all__ = ["Defaults", "Limits", "Preprocess", "ServingConfig", "parse_config"]
+
+FORMATS = ("eager", "torchscript", "onnx")
+ENCODINGS = ("float32", "float16", "png", "float32_and_png")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    size: int = 224  # the centre crop fed to the model
+    resize: int = 256  # shorter image side before the crop
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def bounds(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Model-input range of pixels in [0, 1] after normalisation, per channel."""
+        low = tuple((0.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+        high = tuple((1.0 - m) / s for m, s in zip(self.mean, self.std, strict=True))
+        return low, high
+
+
+@dataclass(frozen=True)
+class Defaults:
+    method: str = "gradient"
+    nt_type: str = "smoothgrad"
+    noise: str = "gaussian"
+    nt_samples: int = 50
+    sigma: float = 0.15
+    confidence: float = 0.95
+    n_steps: int = 50
+    ig_rule: str = "gausslegendre"
+    top_k: int = 5
+    encoding: str = "float32"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_nt_samples: int = 500
+    max_n_steps: int = 300
+    max_rows: int = 20_000  # nt_samples × n_steps of one request
+    max_input_bytes: int = 10_000_000
+    max_pixels: int = 25_000_000  # decoded image width × height (decompression bombs)
+    max_tensor_elements: int = 3 * 1024 * 1024
+    max_top_k: int = 1000
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    format: str = "eager"
+    model_class: str = ""  # "package.module:ClassName" for eager models
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    weights: str = "weights.pt"  # state_dict (eager), TorchScript file, or ONNX file
+    labels: str = "index_to_name.json"
+    nt_samples_batch_size: int = 32  # rows per forward + backward pass
+    preprocess: Preprocess = Preprocess()
+    defaults: Defaults = Defaults()
+    limits: Limits = Limits()
+
+
+def _section(cls: type[Any], raw: object, name: str) -> Any:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, Mapping):
+        raise InvalidArgument(f"model config '{name}' must be a mapping", field=name)
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise InvalidArgument(
+            f"model config '{name}' has unknown keys {unknown}; allowed: {sorted(known)}",
+            field=name,
+        )
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            value = tuple(float(v) for v in value)
+        elif (
+            isinstance(default, bool | int | float | str)
+            and not isinstance(value, type(default))
+            and not (isinstance(default, float) and isinstance(value, int))
+        ):
+            raise InvalidArgument(
+                f"model config '{name}.{key}' must be a {type(default).__name__}, got {value!r}",
+                field=f"{name}.{key}",
+            )
+        values[key] = value
+    return cls(**values)
+
+
+def parse_config(raw: Mapping[str, Any] | None) -> ServingConfig:
+    """Build the config from the `smoothexplain` mapping of model-config.yaml (None: defaults)."""
+    raw = dict(raw or {})
+    nested = {"preprocess": Preprocess, "defaults": Defaults, "limits": Limits}
+    parts = {key: _section(cls, raw.pop(key, None), key) for key, cls in nested.items()}
+    top = _section(ServingConfig, raw, "smoothexplain")
+    config = ServingConfig(**{**{f.name: getattr(top, f.name) for f in fields(top)}, **parts})
+    if config.format not in FORMATS:
+        raise InvalidArgument(f"format must be one of {list(FORMATS)}", field="format")
+    if config.defaults.encoding not in ENCODINGS:
+        raise InvalidArgument(
+            f"defaults.encoding must be one of {list(ENCODINGS)}", field="defaults.encoding"
+        )
+    if config.format == "eager" and ":" not in config.model_class:
+        raise InvalidArgument(
+            "eager models need model_class 'package.module:ClassName'", field="model_class"
+        )
+    if config.nt_samples_batch_size < 1:
+        raise InvalidArgument("nt_samples_batch_size must be >= 1", field="nt_samples_batch_size")
+    pre = config.preprocess
+    if len(pre.mean) != len(pre.std) or any(s <= 0 for s in pre.std):
+        raise InvalidArgument(
+            "preprocess.mean and std need equal lengths and std > 0", field="preprocess"
+        )
+    return config

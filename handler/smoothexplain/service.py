@@ -1,0 +1,280 @@
+"""The data plane: one TorchServe batch of raw requests in, one answer per request out.
+
+Free of TorchServe imports, so it is tested directly and can sit behind any server. A request
+that fails (bad field, bad image, target out of range, a crash in its own explanation) gets its
+own error answer; its batch-mates are still answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+
+from ._proto.smoothexplain.v1 import explain_pb2 as pb
+from .codec import (
+    decode_request,
+    encode_response,
+    image_to_tensor,
+    tensor_from_message,
+    tensor_to_message,
+)
+from .config import ServingConfig
+from .engine import ExplainJob, JobResult, Scheduler
+from .errors import InternalError, InvalidArgument, LimitExceeded, SmoothExplainError, status_of
+from .heatmap import heatmap_png
+from .spec import ExplainSpec, make_spec
+
+__all__ = ["ExplainService", "Incoming", "Outgoing"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Incoming:
+    payload: object  # gRPC bytes, REST body bytes, or a JSON body TorchServe already parsed
+    from_grpc: bool = False
+    explain_path: bool = False  # REST /explanations/{model}
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    status: int  # HTTP status of this request's answer
+    body: bytes | str  # serialized Response (gRPC) or its JSON mapping (REST)
+    message: str = ""  # error text for TorchServe's status line; "" when OK
+
+
+@dataclass
+class _Work:
+    incoming: Incoming
+    response: pb.Response = field(default_factory=pb.Response)
+    request: pb.Request | None = None
+    inputs: torch.Tensor | None = None
+    spec: ExplainSpec | None = None
+    seed: int = 0
+    error: SmoothExplainError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _enum_value(value: int, enum: Any, prefix: str, field_name: str) -> str | None:
+    """'METHOD_INTEGRATED_GRADIENTS' → 'integrated_gradients'; None for UNSPECIFIED."""
+    try:
+        name: str = enum.Name(value)
+    except ValueError:
+        allowed = [n for n in enum.keys() if not n.endswith("UNSPECIFIED")]  # noqa: SIM118
+        raise InvalidArgument(
+            f"{field_name} must be one of {allowed}, got {value}", field=field_name
+        ) from None
+    return None if name.endswith("_UNSPECIFIED") else name.removeprefix(prefix).lower()
+
+
+class ExplainService:
+    def __init__(
+        self,
+        model: Callable[[torch.Tensor], torch.Tensor],
+        config: ServingConfig,
+        labels: dict[int, str],
+        device: torch.device,
+        model_name: str = "",
+    ) -> None:
+        self.model, self.config, self.labels = model, config, labels
+        self.device, self.model_name = device, model_name
+        low, high = config.preprocess.bounds()
+        self.bounds = (torch.tensor(low).view(-1, 1, 1), torch.tensor(high).view(-1, 1, 1))
+        self.scheduler = Scheduler(model, config.nt_samples_batch_size)
+
+    def handle(self, batch: Sequence[Incoming]) -> list[Outgoing]:
+        works = [self._guard(_Work(incoming), self._decode) for incoming in batch]
+        started = time.perf_counter()
+        self._predict([w for w in works if w.ok])
+        predict_ms = 1000 * (time.perf_counter() - started)
+        started = time.perf_counter()
+        explained = [w for w in works if w.ok and w.request is not None and w.request.explain]
+        self._explain(explained)
+        explain_ms = 1000 * (time.perf_counter() - started)
+        for work in works:
+            work.response.timings.predict_ms = predict_ms
+            work.response.timings.explain_ms = explain_ms if work in explained else 0.0
+            work.response.timings.batch_size = len(batch)
+        return [self._answer(w) for w in works]
+
+    # -- steps -------------------------------------------------------------------------------
+
+    def _guard(self, work: _Work, step: Callable[[_Work], None]) -> _Work:
+        try:
+            step(work)
+        except SmoothExplainError as error:
+            work.error = error
+        except Exception:  # one request's crash must not take its batch-mates down
+            log.exception("request failed unexpectedly")
+            work.error = InternalError("internal error while serving this request")
+        return work
+
+    def _decode(self, work: _Work) -> None:
+        started = time.perf_counter()
+        limits, incoming = self.config.limits, work.incoming
+        request = decode_request(
+            incoming.payload,
+            from_grpc=incoming.from_grpc,
+            explain_path=incoming.explain_path,
+            limits=limits,
+        )
+        work.request = request
+        source = request.input.WhichOneof("source")
+        if source == "image":
+            x = image_to_tensor(request.input.image, self.config.preprocess, limits)
+        elif source == "tensor":
+            x = tensor_from_message(request.input.tensor, self.config.preprocess, limits)
+        else:
+            raise InvalidArgument("input must hold an image or a tensor", field="input")
+        work.inputs = x.to(self.device)
+        top_k = request.top_k if request.HasField("top_k") else self.config.defaults.top_k
+        if not 1 <= top_k <= limits.max_top_k:
+            raise LimitExceeded(
+                f"top_k must be in [1, {limits.max_top_k}] (server limit max_top_k), got {top_k}",
+                field="top_k",
+            )
+        if request.explain:
+            work.spec = self._spec(request.options)
+            has_seed = request.options.HasField("seed")
+            work.seed = request.options.seed if has_seed else secrets.randbits(62)
+        work.response.model = self.model_name
+        work.response.timings.decode_ms = 1000 * (time.perf_counter() - started)
+
+    def _spec(self, options: pb.ExplainOptions) -> ExplainSpec:
+        d, limits = self.config.defaults, self.config.limits
+        nt_samples = options.nt_samples if options.HasField("nt_samples") else d.nt_samples
+        n_steps = options.n_steps if options.HasField("n_steps") else d.n_steps
+        if nt_samples > limits.max_nt_samples:
+            raise LimitExceeded(
+                f"options.nt_samples must be <= {limits.max_nt_samples} (server "
+                f"limit max_nt_samples), got {nt_samples}",
+                field="options.nt_samples",
+            )
+        if n_steps > limits.max_n_steps:
+            raise LimitExceeded(
+                f"options.n_steps must be <= {limits.max_n_steps} (server "
+                f"limit max_n_steps), got {n_steps}",
+                field="options.n_steps",
+            )
+        method = _enum_value(options.method, pb.Method, "METHOD_", "options.method")
+        try:
+            spec = make_spec(
+                method=method or d.method,
+                nt_type=_enum_value(options.nt_type, pb.NtType, "NT_TYPE_", "options.nt_type")
+                or d.nt_type,
+                noise=_enum_value(options.noise, pb.Noise, "NOISE_", "options.noise") or d.noise,
+                nt_samples=nt_samples,
+                stdevs=options.stdevs if options.HasField("stdevs") else None,
+                sigma=options.sigma if options.HasField("sigma") else d.sigma,
+                bounds=self.bounds,
+                confidence=options.confidence if options.HasField("confidence") else d.confidence,
+                n_steps=n_steps,
+                ig_rule=_enum_value(options.ig_rule, pb.IgRule, "IG_RULE_", "options.ig_rule")
+                or d.ig_rule,
+                return_convergence_delta=options.return_convergence_delta,
+            )
+        except InvalidArgument as error:
+            raise type(error)(f"options.{error.message}", field=f"options.{error.field}") from None
+        if spec.rows > limits.max_rows:
+            raise LimitExceeded(
+                f"options.nt_samples × options.n_steps = {spec.rows} rows, above "
+                f"the server limit max_rows={limits.max_rows}",
+                field="options.nt_samples",
+            )
+        _enum_value(options.encoding, pb.Encoding, "ENCODING_", "options.encoding")
+        return spec
+
+    def _predict(self, works: list[_Work]) -> None:
+        groups: dict[tuple[int, ...], list[_Work]] = {}
+        for work in works:
+            assert work.inputs is not None
+            groups.setdefault(tuple(work.inputs.shape), []).append(work)
+        for group in groups.values():
+            with torch.no_grad():
+                scores = self.model(torch.stack([w.inputs for w in group if w.inputs is not None]))
+            probabilities = torch.softmax(scores.float(), dim=1).cpu()
+            for work, row in zip(group, probabilities, strict=True):
+                self._guard(work, partial(self._rank, probabilities=row))
+
+    def _rank(self, work: _Work, probabilities: torch.Tensor) -> None:
+        assert work.request is not None
+        classes = probabilities.shape[0]
+        top_k = work.request.top_k if work.request.HasField("top_k") else self.config.defaults.top_k
+        values, indices = probabilities.topk(min(top_k, classes))
+        for p, i in zip(values.tolist(), indices.tolist(), strict=True):
+            work.response.top_k.add(index=i, label=self.labels.get(i, str(i)), probability=p)
+        target = work.request.target if work.request.HasField("target") else int(indices[0])
+        if not 0 <= target < classes:
+            raise InvalidArgument(
+                f"target must be in [0, {classes - 1}], got {target}", field="target"
+            )
+        work.response.target = target
+
+    def _explain(self, works: list[_Work]) -> None:
+        if not works:
+            return
+        jobs = [self._job(w) for w in works]
+        try:
+            results = self.scheduler.run(jobs)
+        except Exception:
+            # Isolate the request that broke the shared run; the others are recomputed alone.
+            for work, job in zip(works, jobs, strict=True):
+                self._guard(work, partial(self._run_alone, job=job))
+            return
+        for work, result in zip(works, results, strict=True):
+            self._guard(work, partial(self._finish, result=result))
+
+    def _run_alone(self, work: _Work, job: ExplainJob) -> None:
+        self._finish(work, self.scheduler.run([job])[0])
+
+    def _job(self, work: _Work) -> ExplainJob:
+        assert work.inputs is not None and work.spec is not None and work.request is not None
+        baseline = None
+        if work.request.options.HasField("baseline"):
+            baseline = torch.full_like(work.inputs, work.request.options.baseline)
+        return ExplainJob(
+            inputs=work.inputs,
+            target=work.response.target,
+            spec=work.spec,
+            seed=work.seed,
+            baseline=baseline,
+        )
+
+    def _finish(self, work: _Work, result: JobResult) -> None:
+        assert work.request is not None and work.spec is not None
+        response, encoding = work.response, work.request.options.encoding
+        started = time.perf_counter()
+        if encoding in (pb.ENCODING_UNSPECIFIED, pb.ENCODING_FLOAT32, pb.ENCODING_FLOAT32_AND_PNG):
+            response.attribution.CopyFrom(tensor_to_message(result.attribution, pb.DTYPE_FLOAT32))
+        elif encoding == pb.ENCODING_FLOAT16:
+            response.attribution.CopyFrom(tensor_to_message(result.attribution, pb.DTYPE_FLOAT16))
+        if encoding in (pb.ENCODING_PNG, pb.ENCODING_FLOAT32_AND_PNG):
+            response.heatmap_png = heatmap_png(result.attribution)
+        if result.convergence_delta is not None:
+            response.convergence_delta = result.convergence_delta
+        response.seed, response.nt_samples, response.rows = (
+            work.seed,
+            work.spec.samples,
+            result.rows,
+        )
+        response.timings.encode_ms = 1000 * (time.perf_counter() - started)
+
+    def _answer(self, work: _Work) -> Outgoing:
+        as_json = not work.incoming.from_grpc
+        if work.error is None:
+            return Outgoing(200, encode_response(work.response, as_json=as_json))
+        status = status_of(work.error)
+        failed = pb.Response(model=self.model_name, timings=work.response.timings)
+        failed.error.http_status, failed.error.grpc_code = status.http, status.grpc
+        failed.error.message, failed.error.field = work.error.message, work.error.field
+        return Outgoing(status.http, encode_response(failed, as_json=as_json), work.error.message)
