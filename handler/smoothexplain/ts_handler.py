@@ -1,0 +1,84 @@
+"""TorchServe adapter: turns a TorchServe batch into `Incoming`s and back. Nothing else lives here.
+
+TorchServe 0.12 facts this adapter works around (see DESIGN.md §3):
+- `explain` is read per request from its own header (BaseHandler reads request 0's only);
+- a gRPC request's bytes arrive under our map key `GRPC_KEY`, a REST body under `body`/`data`;
+- per-request REST errors go through `set_response_status(code, msg, idx)`; gRPC ignores that
+  status, so the error also travels inside our Response message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .codec import GRPC_KEY
+from .config import parse_config
+from .models import load_labels, load_model
+from .service import ExplainService, Incoming, Outgoing
+
+__all__ = ["SmoothExplainHandler", "incoming_from"]
+
+log = logging.getLogger(__name__)
+REST_KEYS = ("body", "data")
+
+
+def incoming_from(row: Mapping[str, Any], explain_header: str | None) -> Incoming:
+    """One TorchServe request row → Incoming (gRPC when our key is present)."""
+    if GRPC_KEY in row:
+        return Incoming(row[GRPC_KEY], from_grpc=True)
+    explain_path = (explain_header or "").lower() == "true"
+    for key in REST_KEYS:
+        if key in row:
+            return Incoming(row[key], explain_path=explain_path)
+    return Incoming(None, explain_path=explain_path)
+
+
+def _device(properties: Mapping[str, Any]) -> torch.device:
+    gpu_id = properties.get("gpu_id")
+    if gpu_id is not None and torch.cuda.is_available():
+        return torch.device("cuda", int(gpu_id))
+    return torch.device("cpu")
+
+
+class SmoothExplainHandler:
+    """TorchServe custom handler (class style: `initialize` once, `handle` per batch)."""
+
+    def __init__(self) -> None:
+        self.service: ExplainService | None = None
+
+    def initialize(self, context: Any) -> None:
+        properties: Mapping[str, Any] = context.system_properties
+        model_dir = Path(properties["model_dir"])
+        raw = (getattr(context, "model_yaml_config", None) or {}).get("smoothexplain")
+        config = parse_config(raw)
+        device = _device(properties)
+        model = load_model(model_dir, config, device)
+        name = str(context.manifest.get("model", {}).get("modelName", ""))
+        self.service = ExplainService(model, config, load_labels(model_dir, config), device, name)
+        log.info("smoothexplain model %s ready on %s", name, device)
+
+    def handle(self, data: Sequence[Mapping[str, Any]], context: Any) -> list[bytes | str]:
+        if self.service is None:
+            raise RuntimeError("handle() called before initialize()")
+        batch = [
+            incoming_from(row, context.get_request_header(i, "explain"))
+            for i, row in enumerate(data)
+        ]
+        answers = self.service.handle(batch)
+        for index, (incoming, answer) in enumerate(zip(batch, answers, strict=True)):
+            self._set_status(context, index, incoming, answer)
+        return [answer.body for answer in answers]
+
+    @staticmethod
+    def _set_status(context: Any, index: int, incoming: Incoming, answer: Outgoing) -> None:
+        if incoming.from_grpc:
+            context.set_response_content_type(index, "application/x-protobuf")
+            return
+        context.set_response_content_type(index, "application/json")
+        if answer.status != 200:
+            context.set_response_status(answer.status, answer.message, idx=index)
