@@ -86,7 +86,7 @@ def test_rest_image_body_on_explanations_path(service: ExplainService) -> None:
     (answer,) = service.handle([Incoming(_png(), explain_path=True)])
     assert answer.status == 200
     body = json.loads(answer.body)
-    assert body["attribution"]["shape"] == ["3", "8", "8"] and body["seed"]
+    assert body["attribution"]["shape"] == [3, 8, 8] and body["seed"]
 
 
 def test_rest_json_predict_has_no_attribution(service: ExplainService) -> None:
