@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
-.PHONY: help install java test lint unit bench clean
+.PHONY: help install java protos model test lint unit bench clean
 
 help:
 	@echo "make run     install, build the demo model, start TorchServe, explain one image"
@@ -19,7 +19,15 @@ help:
 	@echo "make bench   benchmarks (results in bench/results/, summarised in README.md)"
 	@echo "make stop    stop the server started by make run"
 
-install: $(STAMP) java
+install: $(STAMP) java protos
+
+# Generated gRPC/protobuf modules (git-ignored); a no-op when the .proto files are unchanged.
+protos: $(STAMP)
+	$(BIN)/python tools/gen_protos.py
+
+# The demo model: trained once (about a minute on 2 cores), then three archives in model_store/.
+model: install
+	$(BIN)/python -m smoothexplain.demo.archive --artifacts artifacts/demo --store model_store
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,7 +49,7 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit
 
-test: install lint
+test: install lint model
 	$(BIN)/pytest
 
 bench: install

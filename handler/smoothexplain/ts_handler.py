@@ -4,7 +4,8 @@ TorchServe 0.12 facts this adapter works around (see DESIGN.md §3):
 - `explain` is read per request from its own header (BaseHandler reads request 0's only);
 - a gRPC request's bytes arrive under our map key `GRPC_KEY`, a REST body under `body`/`data`;
 - per-request REST errors go through `set_response_status(code, msg, idx)`; gRPC ignores that
-  status, so the error also travels inside our Response message.
+  status, so the error also travels inside our Response message;
+- REST rows carry the caller's `Authorization` header: nothing here logs headers or bodies.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ class SmoothExplainHandler:
     def _set_status(context: Any, index: int, incoming: Incoming, answer: Outgoing) -> None:
         if incoming.from_grpc:
             context.set_response_content_type(index, "application/x-protobuf")
+            # Without this header a StreamPredictions call makes TorchServe 0.12's frontend
+            # throw and restart the worker; "false" ends the stream after our one answer.
+            # (On REST the same header would leave the HTTP request unanswered.)
+            context.set_response_header(index, "ts_stream_next", "false")
             return
         context.set_response_content_type(index, "application/json")
         if answer.status != 200:

@@ -37,9 +37,16 @@ def _export(artifacts: Path, fmt: str, size: int) -> Path:
     if fmt == "torchscript":
         torch.jit.save(torch.jit.trace(model, example), str(path))  # type: ignore[no-untyped-call]
     else:  # dynamo=False: the legacy exporter needs no onnxscript
-        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "rows"}, "logits": {0: "rows"}})
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "rows"}, "logits": {0: "rows"}},
+        )
     return path
 
 
@@ -51,8 +58,13 @@ def _model_config(template: Path, fmt: str, weights: Path, meta: dict[str, Any])
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def build_archives(artifacts: Path, store: Path, template: Path, handler: Path,
-                   names: Sequence[str] = tuple(ARCHIVES)) -> list[Path]:
+def build_archives(
+    artifacts: Path,
+    store: Path,
+    template: Path,
+    handler: Path,
+    names: Sequence[str] = tuple(ARCHIVES),
+) -> list[Path]:
     if not (artifacts / WEIGHTS_FILE).is_file():
         print(train(artifacts).summary())
     meta = json.loads((artifacts / META_FILE).read_text())
@@ -66,10 +78,25 @@ def build_archives(artifacts: Path, store: Path, template: Path, handler: Path,
             config.write_text(_model_config(template, fmt, weights, meta))
             extra = ",".join(str(p) for p in (weights, artifacts / INDEX_TO_NAME_FILE))
             archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent))
-            subprocess.run([archiver or "torch-model-archiver", "--model-name", name,
-                            "--version", "1.0", "--handler", str(handler),
-                            "--extra-files", extra, "--config-file", str(config),
-                            "--export-path", str(store), "--force"], check=True)
+            subprocess.run(
+                [
+                    archiver or "torch-model-archiver",
+                    "--model-name",
+                    name,
+                    "--version",
+                    "1.0",
+                    "--handler",
+                    str(handler),
+                    "--extra-files",
+                    extra,
+                    "--config-file",
+                    str(config),
+                    "--export-path",
+                    str(store),
+                    "--force",
+                ],
+                check=True,
+            )
         built.append(store / f"{name}.mar")
         print(f"built {built[-1]} ({fmt})")
     return built
@@ -80,8 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts/demo"))
     parser.add_argument("--store", type=Path, default=Path("model_store"))
     parser.add_argument("--template", type=Path, default=Path("deploy/model-config.yaml"))
-    parser.add_argument("--handler", type=Path,
-                        default=Path(__file__).resolve().parent.parent / "ts_entry.py")
+    parser.add_argument(
+        "--handler", type=Path, default=Path(__file__).resolve().parent.parent / "ts_entry.py"
+    )
     parser.add_argument("--only", nargs="*", choices=sorted(ARCHIVES), default=list(ARCHIVES))
     args = parser.parse_args(argv)
     build_archives(args.artifacts, args.store, args.template, args.handler, args.only)

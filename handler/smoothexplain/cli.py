@@ -1,0 +1,322 @@
+"""`smoothexplain` command line: classify or explain one image on a running TorchServe.
+
+    smoothexplain explain cat.jpg --model resnet18 --seed 1 --out heat.png
+    smoothexplain predict cat.jpg --model resnet18 --top-k 3
+
+The token comes from $SMOOTHEXPLAIN_TOKEN or TorchServe's key_file.json (--token-file,
+$SMOOTHEXPLAIN_KEY_FILE, or ./key_file.json); it is never accepted on the command line, where
+other users could read it from the process list. Exit status: 0 on success, 2 for a bad
+argument or request field, 1 for any other failure.
+
+Subcommands are registered by the small `add_*` functions listed in `SUBCOMMANDS`; each sets
+`run` (a `Namespace -> int` function) as its parser default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeAlias
+
+import grpc
+import numpy as np
+import torch
+from google.protobuf import json_format
+from PIL import Image
+
+from ._proto.smoothexplain.v1 import explain_pb2 as pb
+from .client import ExplainError, SmoothExplainClient, attribution
+from .errors import InvalidArgument, SmoothExplainError
+from .heatmap import heatmap_png, overlay_png
+from .spec import IgRule, Method, NoiseKind, NtType
+
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+Runner: TypeAlias = Callable[[argparse.Namespace], int]
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+# -- parser -----------------------------------------------------------------------------------
+
+
+def _connection_options() -> argparse.ArgumentParser:
+    """Options every client subcommand shares (a parent parser)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("connection")
+    group.add_argument("--model", required=True, help="registered TorchServe model name")
+    group.add_argument("--transport", choices=("grpc", "rest"), default="grpc")
+    group.add_argument("--host", default="127.0.0.1")
+    group.add_argument("--rest-port", type=int, default=8080, metavar="PORT")
+    group.add_argument("--grpc-port", type=int, default=7070, metavar="PORT")
+    group.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="TorchServe key_file.json (default: $SMOOTHEXPLAIN_KEY_FILE or ./key_file.json)",
+    )
+    group.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+    parent.add_argument("--json", action="store_true", help="print the Response as JSON")
+    parent.add_argument("image", metavar="IMAGE", help="PNG or JPEG file ('-' reads stdin)")
+    return parent
+
+
+def _values(kind: type[Method | NtType | NoiseKind | IgRule]) -> list[str]:
+    return [member.value for member in kind]
+
+
+def add_explain(subparsers: Subparsers) -> None:
+    """`explain IMAGE --model NAME ...`: attribution map, heatmap and summary."""
+    parser = subparsers.add_parser(
+        "explain",
+        parents=[_connection_options()],
+        help="explain the model's prediction for one image",
+        description="Explain one image; unset options take the model's configured defaults.",
+    )
+    opts = parser.add_argument_group("explanation")
+    opts.add_argument("--method", choices=_values(Method))
+    opts.add_argument("--nt-type", choices=_values(NtType))
+    opts.add_argument("--noise", choices=_values(NoiseKind))
+    opts.add_argument("--nt-samples", type=int, metavar="N")
+    opts.add_argument("--sigma", type=float, help="noise std as a fraction of the input range")
+    opts.add_argument("--stdevs", type=float, help="absolute noise std (wins over --sigma)")
+    opts.add_argument("--confidence", type=float, help="AdaptGrad confidence in (0, 1)")
+    opts.add_argument("--n-steps", type=int, metavar="N", help="integrated gradients steps")
+    opts.add_argument("--ig-rule", choices=_values(IgRule))
+    opts.add_argument("--baseline", type=float, help="constant IG baseline (model-input units)")
+    opts.add_argument("--convergence-delta", action="store_true", help="IG convergence delta")
+    opts.add_argument("--seed", type=int, help="same seed, same attribution")
+    opts.add_argument("--target", type=int, metavar="K", help="class to explain (default top-1)")
+    opts.add_argument("--top-k", type=int, metavar="K", help="classes to report")
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", type=Path, metavar="PNG", help="write the heatmap PNG here")
+    out.add_argument(
+        "--overlay",
+        type=Path,
+        metavar="PNG",
+        help="write the heatmap over the image (centre-square crop resized to the map)",
+    )
+    out.add_argument(
+        "--save-attributions", type=Path, metavar="NPY", help="write the (C, H, W) float32 map"
+    )
+    parser.set_defaults(run=run_explain)
+
+
+def add_predict(subparsers: Subparsers) -> None:
+    """`predict IMAGE --model NAME [--top-k K]`: the top classes."""
+    parser = subparsers.add_parser(
+        "predict", parents=[_connection_options()], help="classify one image"
+    )
+    parser.add_argument("--top-k", type=int, metavar="K", help="classes to report")
+    parser.set_defaults(run=run_predict)
+
+
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (add_explain, add_predict)
+
+
+def build_parser(
+    subcommands: Sequence[Callable[[Subparsers], None]] = SUBCOMMANDS,
+) -> argparse.ArgumentParser:
+    """The `smoothexplain` parser with one subparser per registration function."""
+    parser = argparse.ArgumentParser(
+        prog="smoothexplain", description="Smoothed gradient explanations from TorchServe."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for register in subcommands:
+        register(subparsers)
+    return parser
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> SmoothExplainClient:
+    return SmoothExplainClient(
+        transport=args.transport,
+        host=args.host,
+        rest_port=args.rest_port,
+        grpc_port=args.grpc_port,
+        token_file=args.token_file,
+        timeout=args.timeout,
+    )
+
+
+def _read_image(name: str) -> bytes:
+    if name == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(name).read_bytes()
+    except OSError as error:
+        raise InvalidArgument(
+            f"cannot read image {name}: {error.strerror or error}", field="IMAGE"
+        ) from None
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """Explain IMAGE, write the requested files, print a summary (or the JSON Response)."""
+    image = _read_image(args.image)
+    with _client(args) as client:
+        response = client.explain(
+            args.model,
+            image,
+            target=args.target,
+            method=args.method,
+            nt_type=args.nt_type,
+            noise=args.noise,
+            nt_samples=args.nt_samples,
+            stdevs=args.stdevs,
+            sigma=args.sigma,
+            confidence=args.confidence,
+            seed=args.seed,
+            n_steps=args.n_steps,
+            ig_rule=args.ig_rule,
+            return_convergence_delta=args.convergence_delta,
+            baseline=args.baseline,
+            encoding="float32_and_png" if args.out else "float32",
+            top_k=args.top_k,
+        )
+    written = _write_outputs(args, response, image)
+    if args.json:
+        print(_as_json(response))
+        for line in written:
+            print(f"wrote {line}", file=sys.stderr)
+    else:
+        print(explain_summary(response, written))
+    return EXIT_OK
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Classify IMAGE and print the top classes (or the JSON Response)."""
+    image = _read_image(args.image)
+    with _client(args) as client:
+        response = client.predict(args.model, image, top_k=args.top_k)
+    print(_as_json(response) if args.json else predict_summary(response))
+    return EXIT_OK
+
+
+# -- outputs ----------------------------------------------------------------------------------
+
+
+def _write_outputs(args: argparse.Namespace, response: pb.Response, image: bytes) -> list[str]:
+    """Write --out, --overlay and --save-attributions; one description per file written."""
+    written: list[str] = []
+    heat = attribution(response)
+    if args.out:
+        args.out.write_bytes(response.heatmap_png or heatmap_png(heat))
+        written.append(f"heatmap {args.out}")
+    if args.overlay:
+        args.overlay.write_bytes(overlay_png(heat, _image_like(image, heat)))
+        written.append(f"overlay {args.overlay}")
+    if args.save_attributions:
+        np.save(args.save_attributions, heat.numpy())
+        shape = "×".join(str(n) for n in heat.shape)
+        written.append(f"attributions {args.save_attributions} ({shape} float32)")
+    return written
+
+
+def _image_like(image: bytes, heat: torch.Tensor) -> np.ndarray:
+    """The image as (H, W, 3) uint8 matching the map: centre-square crop, then resize.
+
+    The server's exact crop depends on the model's preprocess settings, which the Response
+    does not carry; this matches it exactly when the model's resize equals its crop size.
+    """
+    try:
+        rgb = Image.open(io.BytesIO(image)).convert("RGB")
+    except (OSError, ValueError) as error:
+        raise InvalidArgument(f"cannot decode the image: {error}", field="IMAGE") from None
+    side = min(rgb.size)
+    left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
+    square = rgb.crop((left, top, left + side, top + side))
+    height, width = int(heat.shape[-2]), int(heat.shape[-1])
+    return np.asarray(square.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def _as_json(response: pb.Response) -> str:
+    return json_format.MessageToJson(response, preserving_proto_field_name=True, indent=2)
+
+
+def _label(response: pb.Response, index: int) -> str:
+    for score in response.top_k:
+        if score.index == index:
+            return f'{index} "{score.label}" (p={score.probability:.4f})'
+    return str(index)
+
+
+def _top1(response: pb.Response) -> str:
+    return _label(response, response.top_k[0].index) if response.top_k else "none"
+
+
+def explain_summary(response: pb.Response, written: Sequence[str] = ()) -> str:
+    """A few human lines: top class, target, seed, samples, rows, timings, files."""
+    t = response.timings
+    explained = (
+        f"explained target {_label(response, response.target)}: seed {response.seed}, "
+        f"{response.nt_samples} noise samples, {response.rows} model rows"
+    )
+    if response.HasField("convergence_delta"):
+        explained += f", convergence delta {response.convergence_delta:.3g}"
+    lines = [
+        f"model {response.model or '?'}: top class {_top1(response)}",
+        explained,
+        f"timings: decode {t.decode_ms:.1f} ms, predict {t.predict_ms:.1f} ms, "
+        f"explain {t.explain_ms:.1f} ms, encode {t.encode_ms:.1f} ms "
+        f"(batch of {t.batch_size})",
+    ]
+    lines += [f"wrote {line}" for line in written]
+    return "\n".join(lines)
+
+
+def predict_summary(response: pb.Response) -> str:
+    """The top class, then the ranked list."""
+    lines = [f"model {response.model or '?'}: top class {_top1(response)}"]
+    lines += [
+        f"  {rank}. {score.index} {score.label!r} p={score.probability:.4f}"
+        for rank, score in enumerate(response.top_k, start=1)
+    ]
+    return "\n".join(lines)
+
+
+# -- errors and entry point -------------------------------------------------------------------
+
+
+def _report(message: str, field: str = "") -> None:
+    where = f" (field: {field})" if field else ""
+    print(f"error: {message}{where}", file=sys.stderr)
+
+
+def _rpc_failure(error: grpc.RpcError) -> int:
+    # A bare grpc.RpcError may lack code()/details() at run time (only calls carry them).
+    code_of, details_of = getattr(error, "code", None), getattr(error, "details", None)
+    code = code_of() if callable(code_of) else grpc.StatusCode.UNKNOWN
+    details = (details_of() if callable(details_of) else None) or "gRPC call failed"
+    if isinstance(error, ExplainError):
+        _report(details, error.field)
+    else:  # raised by the gRPC channel itself (unreachable, deadline, TorchServe auth)
+        _report(f"{code.name}: {details}")
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        print("hint: check $SMOOTHEXPLAIN_TOKEN or --token-file", file=sys.stderr)
+    return EXIT_INVALID if code is grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (expected errors print one line, no trace)."""
+    args = build_parser().parse_args(argv)
+    run: Runner = args.run
+    try:
+        return run(args)
+    except grpc.RpcError as error:
+        return _rpc_failure(error)
+    except SmoothExplainError as error:
+        _report(error.message, error.field)
+        return EXIT_INVALID if isinstance(error, InvalidArgument) else EXIT_FAILED
+    except OSError as error:
+        _report(str(error))
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

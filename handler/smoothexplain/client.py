@@ -1,0 +1,564 @@
+"""A typed client for smoothexplain models served by TorchServe, over gRPC or REST.
+
+    with SmoothExplainClient(transport="grpc") as client:
+        response = client.explain("resnet18", Path("cat.jpg").read_bytes(), seed=1)
+        heat = attribution(response)  # float32 (C, H, W)
+
+Both transports send the same `smoothexplain.v1.Request` and return the same `Response`. Every
+failure the server reports (a bad field, a wrong token, an unknown model) is raised as an
+`ExplainError`, a `grpc.RpcError` with `code()`, `details()`, `.field` and `.http_status`, so
+callers handle one exception type whatever the transport. Errors raised by the gRPC channel
+itself (unreachable server, deadline, TorchServe's own auth check) are `grpc.RpcError`s too
+and are passed through unchanged. Argument mistakes found before any network call (a bad
+enum string, an unreadable key file) raise `smoothexplain.errors.InvalidArgument`.
+
+The token is never logged and never put into an exception message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, Self
+from urllib.parse import quote
+
+import grpc
+import requests
+import torch
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+from ._proto.smoothexplain.v1 import explain_pb2 as pb
+from ._proto.torchserve import inference_pb2, inference_pb2_grpc
+from .codec import GRPC_KEY, message_to_tensor, tensor_to_message
+from .errors import InvalidArgument
+
+__all__ = [
+    "KEY_FILE_ENV",
+    "TOKEN_ENV",
+    "ExplainError",
+    "SmoothExplainClient",
+    "Transport",
+    "attribution",
+    "resolve_token",
+    "status_for_http",
+]
+
+Transport = Literal["grpc", "rest"]
+TOKEN_ENV = "SMOOTHEXPLAIN_TOKEN"
+KEY_FILE_ENV = "SMOOTHEXPLAIN_KEY_FILE"
+DEFAULT_KEY_FILE = Path("key_file.json")
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # above TorchServe's max_response_size (32 MiB)
+
+_HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    # TorchServe's max_request_size; gRPC reports an oversized message as RESOURCE_EXHAUSTED,
+    # so both transports give the same code for the same oversized input.
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+# TorchServe 0.12 rejects a missing or wrong REST token with 400 and this exception type.
+_TORCHSERVE_AUTH_TYPES = frozenset({"InvalidKeyException"})
+
+
+class ExplainError(grpc.RpcError):
+    """A request the server (or TorchServe in front of it) refused or failed.
+
+    `code()` is a `grpc.StatusCode`, `details()` the human message, `field` the offending
+    request field ("" when none) and `http_status` the HTTP status of the same error.
+    """
+
+    def __init__(
+        self, code: grpc.StatusCode, message: str, *, field: str = "", http_status: int = 0
+    ) -> None:
+        super().__init__(message)
+        self._code, self._message = code, message
+        self.field, self.http_status = field, http_status
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._message
+
+    def trailing_metadata(self) -> tuple[Any, ...]:
+        return ()
+
+    def __str__(self) -> str:
+        where = f" (field: {self.field})" if self.field else ""
+        return f"{self._code.name}: {self._message}{where}"
+
+    @classmethod
+    def from_response(cls, error: pb.Error) -> ExplainError:
+        """The exception for a `Response.error` sent by our handler."""
+        code = grpc.StatusCode.__members__.get(error.grpc_code, grpc.StatusCode.INTERNAL)
+        http_status = error.http_status or _http_for(code)
+        return cls(code, error.message, field=error.field, http_status=http_status)
+
+
+def _http_for(code: grpc.StatusCode) -> int:
+    for status, mapped in _HTTP_TO_GRPC.items():
+        if mapped is code:
+            return status
+    return 500
+
+
+def status_for_http(status: int) -> grpc.StatusCode:
+    """The gRPC code for an HTTP error status (anything unlisted is INTERNAL)."""
+    return _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
+
+
+# -- tokens -----------------------------------------------------------------------------------
+
+
+def _read_inference_key(path: Path) -> str:
+    """The `inference.key` of a TorchServe key_file.json (never echoed in errors)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidArgument(
+            f"cannot read TorchServe key file {path}: {type(error).__name__}", field="token_file"
+        ) from None
+    key = data.get("inference", {}).get("key") if isinstance(data, dict) else None
+    if not isinstance(key, str) or not key:
+        raise InvalidArgument(
+            f"TorchServe key file {path} has no inference.key entry", field="token_file"
+        )
+    return key
+
+
+@dataclass
+class _KeyFile:
+    """A key file token, re-read when the file changes (TorchServe rotates expired keys)."""
+
+    path: Path
+    token: str = ""
+    stamp: tuple[int, int] = (-1, -1)
+
+    def current(self) -> str:
+        try:
+            stat = self.path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            stamp = (-1, -1)
+        if not self.token or stamp != self.stamp:
+            self.token, self.stamp = _read_inference_key(self.path), stamp
+        return self.token
+
+
+def _key_file_path(token_file: Path | None, env: Mapping[str, str]) -> Path | None:
+    if token_file is not None:
+        return Path(token_file)
+    if env.get(KEY_FILE_ENV):
+        return Path(env[KEY_FILE_ENV])
+    return DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.is_file() else None
+
+
+def _token_source(
+    token: str | None, token_file: Path | None, env: Mapping[str, str]
+) -> str | _KeyFile | None:
+    if token:
+        return token
+    if env.get(TOKEN_ENV):
+        return env[TOKEN_ENV]
+    path = _key_file_path(token_file, env)
+    if path is None:
+        return None
+    source = _KeyFile(path)
+    source.current()  # fail now, not on the first call, when the file is unusable
+    return source
+
+
+def resolve_token(
+    token: str | None = None,
+    token_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> str | None:
+    """The inference token: `token`, else $SMOOTHEXPLAIN_TOKEN, else a key file's inference key.
+
+    The key file is `token_file`, else $SMOOTHEXPLAIN_KEY_FILE, else ./key_file.json when it
+    exists. None when there is no token at all (TorchServe with token auth off).
+    """
+    source = _token_source(token, token_file, os.environ if env is None else env)
+    return source.current() if isinstance(source, _KeyFile) else source
+
+
+# -- request building -------------------------------------------------------------------------
+
+
+def _enum(field: str, value: object, enum: Any, prefix: str) -> int:
+    """'integrated_gradients' → METHOD_INTEGRATED_GRADIENTS; None → the UNSPECIFIED default."""
+    if value is None:
+        return 0
+    names: list[str] = [n for n in enum.keys() if not n.endswith("_UNSPECIFIED")]  # noqa: SIM118
+    allowed = [n.removeprefix(prefix).lower() for n in names]
+    if not isinstance(value, str) or value not in allowed:
+        raise InvalidArgument(f"{field} must be one of {allowed}, got {value!r}", field=field)
+    number: int = enum.Value(prefix + value.upper())
+    return number
+
+
+def _input(image: bytes | torch.Tensor) -> pb.Input:
+    if isinstance(image, bytes | bytearray | memoryview):
+        if not image:
+            raise InvalidArgument("input.image is empty", field="input.image")
+        return pb.Input(image=bytes(image))
+    if isinstance(image, torch.Tensor):
+        if image.dim() != 3 or not image.is_floating_point():
+            raise InvalidArgument(
+                "input.tensor must be a floating-point (C, H, W) tensor, got "
+                f"{image.dtype} of shape {tuple(image.shape)}",
+                field="input.tensor",
+            )
+        return pb.Input(tensor=tensor_to_message(image, pb.DTYPE_FLOAT32))
+    raise InvalidArgument(
+        f"image must be PNG/JPEG bytes or a torch.Tensor, got {type(image).__name__}",
+        field="input",
+    )
+
+
+def _set(message: Any, name: str, value: object, field: str) -> None:
+    """Set one optional scalar field; out-of-range or mistyped values name their field."""
+    if value is None:
+        return
+    try:
+        setattr(message, name, value)
+    except (TypeError, ValueError) as error:
+        raise InvalidArgument(f"{field}: {error}", field=field) from None
+
+
+_ENUM_OPTIONS: tuple[tuple[str, Any, str], ...] = (
+    ("method", pb.Method, "METHOD_"),
+    ("nt_type", pb.NtType, "NT_TYPE_"),
+    ("noise", pb.Noise, "NOISE_"),
+    ("ig_rule", pb.IgRule, "IG_RULE_"),
+    ("encoding", pb.Encoding, "ENCODING_"),
+)
+_SCALAR_OPTIONS = (
+    "nt_samples",
+    "stdevs",
+    "sigma",
+    "confidence",
+    "seed",
+    "n_steps",
+    "baseline",
+    "return_convergence_delta",
+)
+
+
+def _options(values: Mapping[str, object]) -> pb.ExplainOptions:
+    """ExplainOptions from the keyword arguments of `SmoothExplainClient.explain`."""
+    options = pb.ExplainOptions()
+    for name, enum, prefix in _ENUM_OPTIONS:
+        setattr(options, name, _enum(f"options.{name}", values[name], enum, prefix))
+    for name in _SCALAR_OPTIONS:
+        _set(options, name, values[name], f"options.{name}")
+    return options
+
+
+def attribution(response: pb.Response) -> torch.Tensor:
+    """The attribution map of an explain response as a float32 (C, H, W) tensor.
+
+    Works for the float32 and float16 encodings; raises `InvalidArgument` when the response
+    has none (a predict call, or encoding "png").
+    """
+    message = response.attribution
+    if not response.HasField("attribution") or message.dtype == pb.DTYPE_UNSPECIFIED:
+        raise InvalidArgument(
+            "the response carries no attribution (a predict call, or encoding 'png')",
+            field="attribution",
+        )
+    return message_to_tensor(message)
+
+
+# -- answers ----------------------------------------------------------------------------------
+
+
+def _checked(response: pb.Response) -> pb.Response:
+    if response.HasField("error"):
+        raise ExplainError.from_response(response.error)
+    return response
+
+
+def _parse_grpc_answer(model: str, data: bytes) -> pb.Response:
+    if not data:
+        raise ExplainError(
+            grpc.StatusCode.INTERNAL, f"model {model!r} sent an empty answer", http_status=500
+        )
+    try:
+        return pb.Response.FromString(data)
+    except DecodeError:
+        raise ExplainError(
+            grpc.StatusCode.INTERNAL,
+            f"model {model!r} did not answer with a smoothexplain Response "
+            "(is it served by the smoothexplain handler?)",
+            http_status=500,
+        ) from None
+
+
+def _rest_error(status: int, body: object, text: str) -> ExplainError:
+    """An HTTP error answer: our Response's error when present, else TorchServe's own JSON."""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        response = pb.Response()
+        try:
+            json_format.ParseDict(body["error"], response.error, ignore_unknown_fields=True)
+        except json_format.ParseError:
+            response.Clear()
+        if response.error.grpc_code or response.error.message:
+            error = ExplainError.from_response(response.error)
+            error.http_status = status
+            return error
+    code = status_for_http(status)
+    message = f"HTTP {status}"
+    if isinstance(body, dict):
+        kind, detail = str(body.get("type", "")), str(body.get("message", ""))
+        if kind in _TORCHSERVE_AUTH_TYPES:
+            code = grpc.StatusCode.UNAUTHENTICATED
+        message = ": ".join(part for part in (kind, detail) if part) or message
+    elif text.strip():
+        message = f"HTTP {status}: {text.strip()[:200]}"
+    return ExplainError(code, message, http_status=status)
+
+
+def _parse_rest_answer(model: str, status: int, text: str) -> pb.Response:
+    try:
+        body: object = json.loads(text) if text.strip() else None
+    except json.JSONDecodeError:
+        body = None
+    if not 200 <= status < 300:
+        raise _rest_error(status, body, text)
+    if not isinstance(body, dict):
+        raise ExplainError(
+            grpc.StatusCode.INTERNAL,
+            f"model {model!r} did not answer with a JSON smoothexplain Response",
+            http_status=status,
+        )
+    try:
+        return json_format.ParseDict(body, pb.Response(), ignore_unknown_fields=True)
+    except json_format.ParseError as error:
+        raise ExplainError(
+            grpc.StatusCode.INTERNAL,
+            f"model {model!r} answered an invalid Response: {error}",
+            http_status=status,
+        ) from None
+
+
+def _host_port(host: str, port: int) -> str:
+    bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{bracketed}:{port}"
+
+
+def _scrub(message: str, secret: str | None) -> str:
+    return message.replace(secret, "<token>") if secret else message
+
+
+# -- the client -------------------------------------------------------------------------------
+
+
+class SmoothExplainClient:
+    """Calls smoothexplain models on one TorchServe, over gRPC (default) or REST.
+
+    The token is `token`, else $SMOOTHEXPLAIN_TOKEN, else the `inference` key of TorchServe's
+    key_file.json (`token_file`, else $SMOOTHEXPLAIN_KEY_FILE, else ./key_file.json if it
+    exists); a key file is re-read when TorchServe rewrites it. `timeout` is in seconds per
+    call. The gRPC channel and the HTTP session are reused; call `close()` or use `with`.
+    """
+
+    def __init__(
+        self,
+        *,
+        transport: Transport = "grpc",
+        host: str = "127.0.0.1",
+        rest_port: int = 8080,
+        grpc_port: int = 7070,
+        token: str | None = None,
+        token_file: Path | None = None,
+        timeout: float = 120.0,
+    ) -> None:
+        if transport not in ("grpc", "rest"):
+            raise InvalidArgument(
+                f"transport must be 'grpc' or 'rest', got {transport!r}", field="transport"
+            )
+        if not timeout > 0:
+            raise InvalidArgument(f"timeout must be > 0, got {timeout!r}", field="timeout")
+        self.transport: Transport = transport
+        self.host, self.rest_port, self.grpc_port = host, rest_port, grpc_port
+        self.timeout = float(timeout)
+        self._token = _token_source(token, token_file, os.environ)
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._stub: inference_pb2_grpc.InferenceAPIsServiceStub | None = None
+        self._session: requests.Session | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def predict(
+        self, model: str, image: bytes | torch.Tensor, *, top_k: int | None = None
+    ) -> pb.Response:
+        """Classify one image (PNG/JPEG bytes) or preprocessed (C, H, W) tensor."""
+        request = pb.Request(input=_input(image))
+        _set(request, "top_k", top_k, "top_k")
+        return self.request(model, request)
+
+    def explain(
+        self,
+        model: str,
+        image: bytes | torch.Tensor,
+        *,
+        target: int | None = None,
+        method: str | None = None,
+        nt_type: str | None = None,
+        noise: str | None = None,
+        nt_samples: int | None = None,
+        stdevs: float | None = None,
+        sigma: float | None = None,
+        confidence: float | None = None,
+        seed: int | None = None,
+        n_steps: int | None = None,
+        ig_rule: str | None = None,
+        return_convergence_delta: bool = False,
+        baseline: float | None = None,
+        encoding: str | None = None,
+        top_k: int | None = None,
+    ) -> pb.Response:
+        """Explain one image or (C, H, W) tensor; None leaves a choice to the model's config.
+
+        Enum options take the lower-case names of the proto values: method "gradient",
+        "input_x_gradient", "integrated_gradients", "guided_backprop"; nt_type "none",
+        "smoothgrad", "smoothgrad_sq", "vargrad"; noise "gaussian", "adaptive"; ig_rule
+        "gausslegendre", "riemann_left", ...; encoding "float32", "float16", "png",
+        "float32_and_png". A bad value raises `InvalidArgument` before any network call.
+        `target` defaults to the top-1 class; the same `seed` gives the same attribution.
+        """
+        options = _options(
+            {
+                "method": method,
+                "nt_type": nt_type,
+                "noise": noise,
+                "ig_rule": ig_rule,
+                "encoding": encoding,
+                "nt_samples": nt_samples,
+                "stdevs": stdevs,
+                "sigma": sigma,
+                "confidence": confidence,
+                "seed": seed,
+                "n_steps": n_steps,
+                "baseline": baseline,
+                "return_convergence_delta": return_convergence_delta,
+            }
+        )
+        request = pb.Request(input=_input(image), explain=True, options=options)
+        _set(request, "target", target, "target")
+        _set(request, "top_k", top_k, "top_k")
+        return self.request(model, request)
+
+    def request(self, model: str, request: pb.Request) -> pb.Response:
+        """Send one Request as is; the Response, or `ExplainError` if it carries an error."""
+        if not isinstance(model, str) or not model:
+            raise InvalidArgument("model must be a non-empty model name", field="model")
+        if self.transport == "grpc":
+            return _checked(self._grpc_call(model, request))
+        return _checked(self._rest_call(model, request))
+
+    attribution = staticmethod(attribution)
+
+    def close(self) -> None:
+        """Close the gRPC channel and HTTP session (a later call opens new ones)."""
+        with self._lock:
+            channel, session = self._channel, self._session
+            self._channel = self._stub = self._session = None
+        if channel is not None:
+            channel.close()
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never shows the token
+        port = self.grpc_port if self.transport == "grpc" else self.rest_port
+        return f"SmoothExplainClient(transport={self.transport!r}, target={self.host}:{port})"
+
+    # -- transports ---------------------------------------------------------------------------
+
+    def _current_token(self) -> str | None:
+        source = self._token
+        return source.current() if isinstance(source, _KeyFile) else source
+
+    def _grpc_stub(self) -> inference_pb2_grpc.InferenceAPIsServiceStub:
+        with self._lock:
+            if self._stub is None:
+                self._channel = grpc.insecure_channel(
+                    _host_port(self.host, self.grpc_port),
+                    options=[
+                        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                    ],
+                )
+                self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
+            return self._stub
+
+    def _grpc_call(self, model: str, request: pb.Request) -> pb.Response:
+        token = self._current_token()
+        metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        call = inference_pb2.PredictionsRequest(
+            model_name=model, input={GRPC_KEY: request.SerializeToString()}
+        )
+        reply = self._grpc_stub().Predictions(call, metadata=metadata, timeout=self.timeout)
+        return _parse_grpc_answer(model, reply.prediction)
+
+    def _http(self) -> requests.Session:
+        with self._lock:
+            if self._session is None:
+                self._session = requests.Session()
+            return self._session
+
+    def _rest_call(self, model: str, request: pb.Request) -> pb.Response:
+        token = self._current_token()
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        verb = "explanations" if request.explain else "predictions"
+        url = f"http://{_host_port(self.host, self.rest_port)}/{verb}/{quote(model, safe='')}"
+        body = json_format.MessageToJson(request, preserving_proto_field_name=True, indent=None)
+        try:
+            answer = self._http().post(url, data=body, headers=headers, timeout=self.timeout)
+        except requests.Timeout:
+            raise ExplainError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no answer from {url} within {self.timeout:g} s",
+                http_status=504,
+            ) from None
+        except requests.RequestException as error:
+            raise ExplainError(
+                grpc.StatusCode.UNAVAILABLE,
+                _scrub(f"cannot reach {url}: {type(error).__name__}", token),
+                http_status=503,
+            ) from None
+        try:
+            return _parse_rest_answer(model, answer.status_code, answer.text)
+        except ExplainError as error:
+            error._message = _scrub(error._message, token)
+            raise
