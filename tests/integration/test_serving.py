@@ -15,7 +15,6 @@ import requests
 import torch
 from conftest import build_store
 from google.protobuf import json_format
-from tsserver import TorchServeInstance
 
 from smoothexplain import explain
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
@@ -24,6 +23,7 @@ from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
 from smoothexplain.codec import GRPC_KEY, image_to_tensor, message_to_tensor
 from smoothexplain.config import parse_config
 from smoothexplain.demo import load_model, render_sample
+from smoothexplain.launcher import TorchServeInstance
 
 pytestmark = pytest.mark.integration
 
