@@ -225,8 +225,9 @@ def _image_like(image: bytes, heat: torch.Tensor) -> np.ndarray:
     does not carry; this matches it exactly when the model's resize equals its crop size.
     """
     try:
-        rgb = Image.open(io.BytesIO(image)).convert("RGB")
-    except (OSError, ValueError) as error:
+        with Image.open(io.BytesIO(image)) as opened:
+            rgb = opened.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise InvalidArgument(f"cannot decode the image: {error}", field="IMAGE") from None
     side = min(rgb.size)
     left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
@@ -274,7 +275,7 @@ def predict_summary(response: pb.Response) -> str:
     """The top class, then the ranked list."""
     lines = [f"model {response.model or '?'}: top class {_top1(response)}"]
     lines += [
-        f"  {rank}. {score.index} {score.label!r} p={score.probability:.4f}"
+        f'  {rank}. {score.index} "{score.label}" p={score.probability:.4f}'
         for rank, score in enumerate(response.top_k, start=1)
     ]
     return "\n".join(lines)

@@ -71,6 +71,16 @@ _HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
+_GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
 # TorchServe 0.12 rejects a missing or wrong REST token with 400 and this exception type.
 _TORCHSERVE_AUTH_TYPES = frozenset({"InvalidKeyException"})
 
@@ -98,6 +108,12 @@ class ExplainError(grpc.RpcError):
     def trailing_metadata(self) -> tuple[Any, ...]:
         return ()
 
+    def redact(self, secret: str | None) -> None:
+        """Replace every occurrence of `secret` (the token) in the message."""
+        if secret and secret in self._message:
+            self._message = self._message.replace(secret, "<token>")
+            self.args = (self._message,)
+
     def __str__(self) -> str:
         where = f" (field: {self.field})" if self.field else ""
         return f"{self._code.name}: {self._message}{where}"
@@ -111,10 +127,8 @@ class ExplainError(grpc.RpcError):
 
 
 def _http_for(code: grpc.StatusCode) -> int:
-    for status, mapped in _HTTP_TO_GRPC.items():
-        if mapped is code:
-            return status
-    return 500
+    """HTTP status for a code, when a Response.error came without one (as in errors.py)."""
+    return _GRPC_TO_HTTP.get(code, 500)
 
 
 def status_for_http(status: int) -> grpc.StatusCode:
@@ -129,9 +143,14 @@ def _read_inference_key(path: Path) -> str:
     """The `inference.key` of a TorchServe key_file.json (never echoed in errors)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except OSError as error:
         raise InvalidArgument(
-            f"cannot read TorchServe key file {path}: {type(error).__name__}", field="token_file"
+            f"cannot read TorchServe key file {path}: {error.strerror or type(error).__name__}",
+            field="token_file",
+        ) from None
+    except (UnicodeDecodeError, json.JSONDecodeError):  # messages could quote the file: not shown
+        raise InvalidArgument(
+            f"TorchServe key file {path} is not JSON", field="token_file"
         ) from None
     key = data.get("inference", {}).get("key") if isinstance(data, dict) else None
     if not isinstance(key, str) or not key:
@@ -362,10 +381,6 @@ def _host_port(host: str, port: int) -> str:
     return f"{bracketed}:{port}"
 
 
-def _scrub(message: str, secret: str | None) -> str:
-    return message.replace(secret, "<token>") if secret else message
-
-
 # -- the client -------------------------------------------------------------------------------
 
 
@@ -554,11 +569,12 @@ class SmoothExplainClient:
         except requests.RequestException as error:
             raise ExplainError(
                 grpc.StatusCode.UNAVAILABLE,
-                _scrub(f"cannot reach {url}: {type(error).__name__}", token),
+                f"cannot reach {url}: {type(error).__name__}",
                 http_status=503,
             ) from None
         try:
-            return _parse_rest_answer(model, answer.status_code, answer.text)
+            text = answer.content.decode("utf-8", errors="replace")
+            return _parse_rest_answer(model, answer.status_code, text)
         except ExplainError as error:
-            error._message = _scrub(error._message, token)
+            error.redact(token)  # in case a server echoes the Authorization header
             raise

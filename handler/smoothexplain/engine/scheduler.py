@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgument, ModelOutputError
-from ..spec import ExplainSpec, Method
+from ..spec import ExplainSpec, Method, NtType
 from .aggregate import Moments
 from .methods import finish_sample, guided_relus
 from .noise import make_generator, noise_scale
@@ -56,7 +56,7 @@ class _Run:
         self.steps, self.total_rows, self.next_row = spec.steps, spec.rows, 0
         self.sigma = noise_scale(x, spec)
         self.generator = make_generator(job.seed, x.device)
-        self.moments = Moments()
+        self.moments = Moments(second_moment=spec.nt_type in (NtType.SMOOTHGRAD_SQ, NtType.VARGRAD))
         self.noisy: torch.Tensor = x
         self.baseline: torch.Tensor | None = None
         self.alphas = self.weights = torch.ones(1, dtype=torch.float64, device=x.device)
@@ -83,7 +83,11 @@ class _Run:
         return self.x + noise * self.sigma
 
     def take(self, count: int) -> tuple[torch.Tensor, list[_Piece]]:
-        """The next `count` rows and the per-sample pieces they belong to."""
+        """The next `count` rows and the pieces (per sample, or per block of samples) they form."""
+        if self.baseline is None:  # one row per sample: the noisy inputs are the rows
+            block = torch.stack([self.draw_sample() for _ in range(count)])
+            self.next_row += count
+            return block, [_Piece(self, block, 0, 1, count)]
         rows: list[torch.Tensor] = []
         pieces: list[_Piece] = []
         end = self.next_row + count
@@ -92,28 +96,23 @@ class _Run:
             if step == 0:
                 self.noisy = self.draw_sample()
             upto = min(self.steps, step + end - self.next_row)
-            if self.baseline is None:
-                rows.append(self.noisy.unsqueeze(0))
-            else:
-                a = self.alphas[step:upto].to(self.x.dtype).view(-1, *([1] * self.x.dim()))
-                rows.append(self.baseline + a * (self.noisy - self.baseline))
-            pieces.append(_Piece(self, self.noisy, step, upto))
+            a = self.alphas[step:upto].to(self.x.dtype).view(-1, *([1] * self.x.dim()))
+            rows.append(self.baseline + a * (self.noisy - self.baseline))
+            pieces.append(_Piece(self, self.noisy, step, upto, upto - step))
             self.next_row += upto - step
         return torch.cat(rows), pieces
 
 
 @dataclass
 class _Piece:
-    """Rows [first_step, end_step) of one noisy sample of one run, contiguous within a chunk."""
+    """Rows of one run, contiguous within a chunk: IG steps [first_step, end_step) of one noisy
+    sample, or (one row per sample) a block of `size` noisy samples stacked in `noisy`."""
 
     run: _Run
     noisy: torch.Tensor
     first_step: int
     end_step: int
-
-    @property
-    def size(self) -> int:
-        return self.end_step - self.first_step
+    size: int
 
 
 class Scheduler:
@@ -157,13 +156,13 @@ class Scheduler:
                 space -= block.shape[0]
                 if current.remaining == 0:
                     current = next(pending, None)
-            yield pieces, torch.cat(rows)
+            yield pieces, rows[0] if len(rows) == 1 else torch.cat(rows)
 
     def _process(self, pieces: list[_Piece], rows: torch.Tensor) -> None:
         targets = torch.tensor(
             [p.run.job.target for p in pieces for _ in range(p.size)], device=rows.device
         )
-        rows.requires_grad_(True)
+        rows = rows.detach().requires_grad_(True)  # a fresh leaf; the pieces keep the plain rows
         scores = self._scores(rows, targets)
         (grads,) = torch.autograd.grad(scores.sum(), rows)
         offset = 0
@@ -223,8 +222,7 @@ def _groups(runs: list[_Run]) -> list[list[_Run]]:
 def _accumulate(piece: _Piece, grads: torch.Tensor) -> None:
     run = piece.run
     if run.baseline is None:  # one row per sample: the rows are the samples
-        attribution = finish_sample(run.spec.method, grads, piece.noisy.unsqueeze(0), None)
-        run.moments.add(attribution)
+        run.moments.add(finish_sample(run.spec.method, grads, piece.noisy, None))
         return
     w = run.weights[piece.first_step : piece.end_step].view(-1, *([1] * run.x.dim()))
     partial = (grads.to(torch.float64) * w).sum(dim=0)
