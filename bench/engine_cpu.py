@@ -28,8 +28,9 @@ def main() -> None:
     x = torch.randn(1, 3, 224, 224)
     target, stdev, n, b = 3, 0.15, args.nt_samples, args.batch
     # The floor's rows exist before the clock starts: it pays for nothing but the model.
-    noisy_rows = [(x + stdev * torch.randn(b, 3, 224, 224)).requires_grad_(True)
-                  for _ in range(n // b)]
+    noisy_rows = [
+        (x + stdev * torch.randn(b, 3, 224, 224)).requires_grad_(True) for _ in range(n // b)
+    ]
 
     def floor() -> None:
         for rows in noisy_rows:

@@ -10,49 +10,53 @@ __all__ = ["Moments"]
 
 
 class Moments:
-    """Running mean and sum of squared deviations (Welford / Chan merge) in float64.
+    """Running sums in float64, one sample at a time in sample order.
 
-    E[M²] − E[M]² in float32 (Captum's VarGrad) cancels catastrophically and can go negative;
-    the centred sum of squares here cannot.
+    Second moments use sums shifted by the first sample, Σ(M − M₀) and Σ(M − M₀)², so that
+    the variance never suffers the cancellation of Captum's float32 E[M²] − E[M]², and identical
+    samples (AdaptGrad at a bound) give exactly 0. Because samples are added one by one in
+    their own order, the result is bit-identical whatever chunks they arrived in.
     """
 
     def __init__(self, second_moment: bool = True) -> None:
         self.second_moment = second_moment  # False: only the mean is needed (smoothgrad)
         self.count = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
+        self.shift: torch.Tensor | None = None
+        self.total: torch.Tensor | None = None
+        self.total_sq: torch.Tensor | None = None
 
     def add(self, samples: torch.Tensor) -> None:
-        """Merge a batch of samples stacked on dim 0."""
-        n_b = samples.shape[0]
-        mean_b = samples.sum(dim=0, dtype=torch.float64) / n_b
-        if not self.second_moment:
-            m2_b = torch.zeros((), dtype=torch.float64, device=samples.device)
-        else:
-            centred = samples.to(torch.float64) - mean_b
-            # One refinement pass: the batch mean becomes exact enough that identical samples
-            # (AdaptGrad at a bound) give a variance of exactly 0.
-            correction = centred.mean(dim=0)
-            mean_b, centred = mean_b + correction, centred - correction
-            m2_b = centred.square().sum(dim=0)
-        if self.mean is None or self.m2 is None:
-            self.count, self.mean, self.m2 = n_b, mean_b, m2_b
+        """Add a batch of samples stacked on dim 0, in order."""
+        for sample in samples:
+            self._add_one(sample)
+
+    def _add_one(self, sample: torch.Tensor) -> None:
+        if self.total is None:
+            self.total = torch.zeros(sample.shape, dtype=torch.float64, device=sample.device)
+            if self.second_moment:
+                self.shift = sample.to(torch.float64)
+                self.total_sq = torch.zeros_like(self.total)
+        self.count += 1
+        if self.shift is None or self.total_sq is None:
+            self.total.add_(sample)
             return
-        total = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean = self.mean + delta * (n_b / total)
-        if self.second_moment:
-            self.m2 = self.m2 + m2_b + delta.square() * (self.count * n_b / total)
-        self.count = total
+        deviation = sample - self.shift  # promoted to float64
+        self.total.add_(deviation)
+        self.total_sq.addcmul_(deviation, deviation)
 
     def result(self, nt_type: NtType) -> torch.Tensor:
-        if self.mean is None or self.m2 is None:
+        if self.total is None:
             raise RuntimeError("no samples were aggregated")
-        if nt_type in (NtType.SMOOTHGRAD_SQ, NtType.VARGRAD) and not self.second_moment:
-            raise RuntimeError(f"{nt_type} needs Moments(second_moment=True)")
-        variance = self.m2 / self.count
+        mean_offset = self.total / self.count
+        if self.shift is None or self.total_sq is None:
+            if nt_type in (NtType.SMOOTHGRAD_SQ, NtType.VARGRAD):
+                raise RuntimeError(f"{nt_type} needs Moments(second_moment=True)")
+            return mean_offset
+        # Rounding can leave −1e−17-sized values where the spread is 0: variance is ≥ 0.
+        variance = (self.total_sq / self.count - mean_offset.square()).clamp(min=0.0)
         if nt_type is NtType.VARGRAD:
             return variance
+        mean = self.shift + mean_offset
         if nt_type is NtType.SMOOTHGRAD_SQ:
-            return variance + self.mean.square()
-        return self.mean
+            return variance + mean.square()
+        return mean

@@ -80,12 +80,28 @@ class _Run:
         noise = torch.randn(
             self.x.shape, generator=self.generator, dtype=self.x.dtype, device=self.x.device
         )
-        return self.x + noise * self.sigma
+        return noise.mul_(self.sigma).add_(self.x)
+
+    def draw_block(self, count: int) -> torch.Tensor:
+        """`count` samples written straight into one (count, ...) tensor: the same numbers as
+        `count` calls of `draw_sample`, without a stack copy."""
+        block = torch.empty((count, *self.x.shape), dtype=self.x.dtype, device=self.x.device)
+        if self.sigma is None:
+            return block.copy_(self.x.expand_as(block))
+        for row in block:
+            torch.randn(
+                self.x.shape,
+                generator=self.generator,
+                dtype=self.x.dtype,
+                device=self.x.device,
+                out=row,
+            )
+        return block.mul_(self.sigma).add_(self.x)
 
     def take(self, count: int) -> tuple[torch.Tensor, list[_Piece]]:
         """The next `count` rows and the pieces (per sample, or per block of samples) they form."""
         if self.baseline is None:  # one row per sample: the noisy inputs are the rows
-            block = torch.stack([self.draw_sample() for _ in range(count)])
+            block = self.draw_block(count)
             self.next_row += count
             return block, [_Piece(self, block, 0, 1, count)]
         rows: list[torch.Tensor] = []
