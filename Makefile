@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
-.PHONY: help install java protos model test lint unit bench clean
+.PHONY: help install java protos model run stop test lint unit bench clean
 
 help:
 	@echo "make run     install, build the demo model, start TorchServe, explain one image"
@@ -40,6 +40,13 @@ $(STAMP): pyproject.toml constraints.txt
 java:
 	@command -v java >/dev/null || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless; }
+
+# Start TorchServe in the background (run/), explain a generated image over gRPC, print where.
+run: model
+	$(BIN)/python -m smoothexplain.demo.run --run-dir run --store model_store
+
+stop:
+	@if [ -x $(BIN)/smoothexplain ]; then $(BIN)/smoothexplain stop --workdir run/server; fi
 
 lint: install
 	$(BIN)/ruff check .

@@ -31,6 +31,7 @@ from ._proto.smoothexplain.v1 import explain_pb2 as pb
 from .client import ExplainError, SmoothExplainClient, attribution
 from .errors import InvalidArgument, SmoothExplainError
 from .heatmap import heatmap_png, overlay_png
+from .serve import add_serve, add_stop
 from .spec import IgRule, Method, NoiseKind, NtType
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -115,7 +116,12 @@ def add_predict(subparsers: Subparsers) -> None:
     parser.set_defaults(run=run_predict)
 
 
-SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (add_explain, add_predict)
+SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    add_explain,
+    add_predict,
+    add_serve,
+    add_stop,
+)
 
 
 def build_parser(
