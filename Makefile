@@ -61,6 +61,7 @@ test: install lint model
 
 bench: install
 	$(BIN)/python bench/engine_cpu.py --out bench/results/engine-cpu.json
+	$(BIN)/python bench/report.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

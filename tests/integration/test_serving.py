@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import pytest
@@ -20,6 +20,7 @@ from smoothexplain import explain
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
+from smoothexplain.client import ExplainError, SmoothExplainClient, attribution
 from smoothexplain.codec import GRPC_KEY, image_to_tensor, message_to_tensor
 from smoothexplain.config import parse_config
 from smoothexplain.demo import load_model, render_sample
@@ -279,3 +280,21 @@ def test_stream_predictions_answers_once_and_keeps_the_worker(
     assert len(replies) == 1
     assert pb.Response.FromString(replies[0].prediction).attribution.data
     assert server.worker_pids("shapes") == before
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_the_typed_client_raises_invalid_argument(
+    server: TorchServeInstance, transport: Literal["grpc", "rest"]
+) -> None:
+    with SmoothExplainClient(
+        transport=transport,
+        rest_port=server.ports.inference,
+        grpc_port=server.ports.grpc_inference,
+        token=server.inference_token,
+    ) as client:
+        good = client.explain("shapes", _png(4, 4), seed=3, nt_samples=4)
+        assert attribution(good).shape == (3, 64, 64)
+        with pytest.raises(ExplainError) as info:
+            client.explain("shapes", _png(4, 4), nt_samples=100_000)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.field == "options.nt_samples"
