@@ -29,7 +29,7 @@ from .config import ServingConfig
 from .engine import ExplainJob, JobResult, Scheduler
 from .errors import InternalError, InvalidArgument, LimitExceeded, SmoothExplainError, status_of
 from .heatmap import heatmap_png
-from .spec import ExplainSpec, make_spec
+from .spec import ExplainSpec, Method, make_spec
 
 __all__ = ["ExplainService", "Incoming", "Outgoing"]
 
@@ -252,9 +252,13 @@ class ExplainService:
 
     def _finish(self, work: _Work, result: JobResult) -> None:
         assert work.request is not None and work.spec is not None
-        response, encoding = work.response, work.request.options.encoding
+        response, encoding = (
+            work.response,
+            work.request.options.encoding
+            or pb.Encoding.Value(f"ENCODING_{self.config.defaults.encoding.upper()}"),
+        )
         started = time.perf_counter()
-        if encoding in (pb.ENCODING_UNSPECIFIED, pb.ENCODING_FLOAT32, pb.ENCODING_FLOAT32_AND_PNG):
+        if encoding in (pb.ENCODING_FLOAT32, pb.ENCODING_FLOAT32_AND_PNG):
             response.attribution.CopyFrom(tensor_to_message(result.attribution, pb.DTYPE_FLOAT32))
         elif encoding == pb.ENCODING_FLOAT16:
             response.attribution.CopyFrom(tensor_to_message(result.attribution, pb.DTYPE_FLOAT16))
@@ -262,6 +266,7 @@ class ExplainService:
             response.heatmap_png = heatmap_png(result.attribution)
         if result.convergence_delta is not None:
             response.convergence_delta = result.convergence_delta
+        response.options.CopyFrom(_applied(work.spec, work.seed, work.request.options, encoding))
         response.seed, response.nt_samples, response.rows = (
             work.seed,
             work.spec.samples,
@@ -278,3 +283,28 @@ class ExplainService:
         failed.error.http_status, failed.error.grpc_code = status.http, status.grpc
         failed.error.message, failed.error.field = work.error.message, work.error.field
         return Outgoing(status.http, encode_response(failed, as_json=as_json), work.error.message)
+
+
+def _applied(
+    spec: ExplainSpec, seed: int, asked: pb.ExplainOptions, encoding: pb.Encoding.ValueType
+) -> pb.ExplainOptions:
+    """The request's options with every default filled in, as the engine ran them."""
+    applied = pb.ExplainOptions(
+        method=pb.Method.Value(f"METHOD_{spec.method.value.upper()}"),
+        nt_type=pb.NtType.Value(f"NT_TYPE_{spec.nt_type.value.upper()}"),
+        noise=pb.Noise.Value(f"NOISE_{spec.noise.value.upper()}"),
+        nt_samples=spec.nt_samples,
+        sigma=spec.sigma,
+        confidence=spec.confidence,
+        seed=seed,
+        return_convergence_delta=spec.return_convergence_delta,
+        encoding=encoding,
+    )
+    if spec.stdevs is not None:
+        applied.stdevs = spec.stdevs
+    if spec.method is Method.INTEGRATED_GRADIENTS:
+        applied.n_steps = spec.n_steps
+        applied.ig_rule = pb.IgRule.Value(f"IG_RULE_{spec.ig_rule.value.upper()}")
+        if asked.HasField("baseline"):
+            applied.baseline = asked.baseline
+    return applied

@@ -188,3 +188,32 @@ def test_float16_and_png_encodings(service: ExplainService) -> None:
     assert half.attribution.dtype == pb.DTYPE_FLOAT16 and len(half.attribution.data) == 3 * 64 * 2
     assert not png.HasField("attribution")
     assert Image.open(io.BytesIO(png.heatmap_png)).size == (8, 8)
+
+
+def test_response_echoes_the_applied_options(service: ExplainService) -> None:
+    x = torch.randn(3, 8, 8)
+    (response,) = _grpc(service, _tensor_request(x, method=pb.METHOD_INTEGRATED_GRADIENTS))
+    applied = response.options
+    assert applied.method == pb.METHOD_INTEGRATED_GRADIENTS
+    assert applied.nt_type == pb.NT_TYPE_SMOOTHGRAD and applied.noise == pb.NOISE_GAUSSIAN
+    assert applied.nt_samples == 4 and applied.n_steps == 50 and applied.sigma == 0.15
+    assert applied.seed == response.seed and applied.encoding == pb.ENCODING_FLOAT32
+    # Rerunning with the echoed options reproduces the answer exactly.
+    (again,) = _grpc(
+        service,
+        pb.Request(input=pb.Input(tensor=tensor_to_message(x)), explain=True, options=applied),
+    )
+    assert again.attribution == response.attribution
+
+
+def test_the_configured_default_encoding_applies() -> None:
+    config = parse_config(
+        {
+            "model_class": "tests.unit.analytic:small_cnn",
+            "preprocess": {"size": 8, "resize": 8},
+            "defaults": {"nt_samples": 2, "encoding": "png"},
+        }
+    )
+    service = ExplainService(small_cnn(), config, {}, torch.device("cpu"))
+    (response,) = _grpc(service, _tensor_request(torch.randn(3, 8, 8)))
+    assert response.heatmap_png and not response.HasField("attribution")
