@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from smoothexplain import ExplainJob, Scheduler, explain, make_spec
-from smoothexplain.errors import ModelOutputError
+from smoothexplain.errors import ModelOutputError, ResourceExhausted
 
 from .analytic import small_cnn
 
@@ -143,3 +143,41 @@ def test_inputs_of_different_shapes_run_in_one_call() -> None:
     results = Scheduler(model, chunk_rows=8).run(jobs)
     assert results[0].attribution.shape == small.shape
     assert results[1].attribution.shape == big.shape
+
+
+class _RunsOutOfMemory(nn.Module):
+    """Raises torch.OutOfMemoryError for any call with more than `limit` rows."""
+
+    def __init__(self, inner: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit = inner, limit
+        self.calls: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("injected: too many rows")
+        out: torch.Tensor = self.inner(x)
+        return out
+
+
+def test_out_of_memory_halves_the_chunk_retries_and_remembers() -> None:
+    inner, x = small_cnn(), _x()
+    model = _RunsOutOfMemory(inner, limit=3)
+    scheduler = Scheduler(model, chunk_rows=8)
+    jobs = [ExplainJob(inputs=t, target=1, spec=make_spec(nt_samples=10), seed=5) for t in x]
+    results = scheduler.run(jobs)
+    assert scheduler.chunk_rows == 2  # 8 → 4 → 2, kept for later chunks
+    assert scheduler.stats.oom_splits == 2 and scheduler.stats.rows == 20
+    assert max(scheduler.stats.chunk_rows) <= 3
+    expected = Scheduler(inner, chunk_rows=8).run(jobs)
+    for got, want in zip(results, expected, strict=True):
+        torch.testing.assert_close(got.attribution, want.attribution, rtol=1e-6, atol=1e-9)
+
+
+def test_out_of_memory_on_one_row_is_resource_exhausted() -> None:
+    model = _RunsOutOfMemory(small_cnn(), limit=0)
+    with pytest.raises(ResourceExhausted, match="single row"):
+        Scheduler(model, chunk_rows=4).run(
+            [ExplainJob(inputs=_x(1)[0], target=0, spec=make_spec(nt_samples=2), seed=0)]
+        )

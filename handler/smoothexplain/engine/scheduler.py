@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..errors import InvalidArgument, ModelOutputError
+from ..errors import InvalidArgument, ModelOutputError, ResourceExhausted
 from ..spec import ExplainSpec, Method, NtType
 from .aggregate import Moments
 from .methods import finish_sample, guided_relus
 from .noise import make_generator, noise_scale
 from .quadrature import path_points
 
-__all__ = ["ExplainJob", "JobResult", "Scheduler"]
+__all__ = ["ExplainJob", "JobResult", "Scheduler", "SchedulerStats"]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,6 +44,18 @@ class JobResult:
     attribution: torch.Tensor  # float32, shape of the job's input
     convergence_delta: float | None  # mean over samples, IG with return_convergence_delta only
     rows: int  # model rows spent on this job
+
+
+@dataclass
+class SchedulerStats:
+    """What the last `Scheduler.run` did (read by the serving layer for metrics)."""
+
+    chunk_rows: list[int] = field(default_factory=list)  # rows of each model call
+    oom_splits: int = 0  # chunks halved after an out-of-memory error
+
+    @property
+    def rows(self) -> int:
+        return sum(self.chunk_rows)
 
 
 class _Run:
@@ -132,7 +144,11 @@ class _Piece:
 
 
 class Scheduler:
-    """Runs explain jobs through `model` in chunks of at most `chunk_rows` rows (None: no bound)."""
+    """Runs explain jobs through `model` in chunks of at most `chunk_rows` rows (None: no bound).
+
+    A chunk that runs out of memory is halved and retried (down to one row), and the smaller
+    size is kept for every later chunk of this scheduler.
+    """
 
     def __init__(self, model: Model, chunk_rows: int | None = None) -> None:
         if chunk_rows is not None and (isinstance(chunk_rows, bool) or chunk_rows < 1):
@@ -142,8 +158,10 @@ class Scheduler:
             )
         self.model = model
         self.chunk_rows = chunk_rows
+        self.stats = SchedulerStats()
 
     def run(self, jobs: Sequence[ExplainJob]) -> list[JobResult]:
+        self.stats = SchedulerStats()
         runs = [_Run(job) for job in jobs]
         for group in _groups(runs):
             guided = group[0].spec.method is Method.GUIDED_BACKPROP
@@ -158,13 +176,13 @@ class Scheduler:
         return [_result(run) for run in runs]
 
     def _chunks(self, group: list[_Run]) -> Iterator[tuple[list[_Piece], torch.Tensor]]:
-        limit = self.chunk_rows or sum(run.total_rows for run in group)
+        total = sum(run.total_rows for run in group)
         pending = iter(group)
         current = next(pending, None)
         while current is not None:
             rows: list[torch.Tensor] = []
             pieces: list[_Piece] = []
-            space = limit
+            space = self.chunk_rows or total  # read per chunk: an OOM split may shrink it
             while space and current is not None:
                 block, taken = current.take(min(space, current.remaining))
                 rows.append(block)
@@ -178,14 +196,42 @@ class Scheduler:
         targets = torch.tensor(
             [p.run.job.target for p in pieces for _ in range(p.size)], device=rows.device
         )
-        rows = rows.detach().requires_grad_(True)  # a fresh leaf; the pieces keep the plain rows
-        scores = self._scores(rows, targets)
-        (grads,) = torch.autograd.grad(scores.sum(), rows)
+        grads = self._gradients(rows, targets)
         offset = 0
         for piece in pieces:
             _accumulate(piece, grads[offset : offset + piece.size])
             offset += piece.size
         self._endpoints([p for p in pieces if p.run.spec.return_convergence_delta])
+
+    def _gradients(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """∂F_target/∂row for every row, in model calls of at most `chunk_rows` rows."""
+        parts: list[torch.Tensor] = []
+        start, count = 0, rows.shape[0]
+        while start < count:
+            size = min(self.chunk_rows or count, count - start)
+            grads = self._try_gradients(rows[start : start + size], targets[start : start + size])
+            if grads is None:  # out of memory: halve, remember, retry the same rows
+                if size == 1:
+                    raise ResourceExhausted(
+                        "out of memory on a single row; the input is too large for this device"
+                    )
+                self.chunk_rows = (size + 1) // 2
+                self.stats.oom_splits += 1
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            parts.append(grads)
+            self.stats.chunk_rows.append(size)
+            start += size
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _try_gradients(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+        try:
+            leaf = rows.detach().requires_grad_(True)  # the pieces keep the plain rows
+            (grads,) = torch.autograd.grad(self._scores(leaf, targets).sum(), leaf)
+        except torch.OutOfMemoryError:
+            return None  # the caller retries once this frame (and its tensors) is gone
+        return grads
 
     def _scores(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         out = self.model(rows)
