@@ -106,6 +106,11 @@ def explain(
     n_steps: int = 50,
     ig_rule: str = "gausslegendre",
     return_convergence_delta: bool = False,
+    ig_sampling: str = "grid",
+    noise_sampling: str = "iid",
+    tolerance: float | None = None,
+    precision: str = "fp32",
+    memory_budget: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Smoothed attributions of `model`'s score for `target` at each input (see the README).
 
@@ -127,6 +132,10 @@ def explain(
         n_steps=n_steps,
         ig_rule=ig_rule,
         return_convergence_delta=return_convergence_delta,
+        ig_sampling=ig_sampling,
+        noise_sampling=noise_sampling,
+        tolerance=tolerance,
+        precision=precision,
     )
     if nt_samples_batch_size is not None and (
         isinstance(nt_samples_batch_size, bool)
@@ -151,7 +160,14 @@ def explain(
         )
         for i in range(x.shape[0])
     ]
-    results = Scheduler(model, nt_samples_batch_size).run(jobs)
+    if memory_budget is not None and (
+        isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1
+    ):
+        raise InvalidArgument(
+            f"memory_budget must be None or an integer >= 1 (bytes), got {memory_budget!r}",
+            field="memory_budget",
+        )
+    results = Scheduler(model, nt_samples_batch_size, memory_budget).run(jobs)
     attributions = torch.stack([r.attribution for r in results]).to(x.device)
     if not return_convergence_delta:
         return attributions

@@ -42,8 +42,11 @@ class Defaults:
     confidence: float = 0.95
     n_steps: int = 50
     ig_rule: str = "gausslegendre"
+    ig_sampling: str = "grid"  # smoothed IG: grid (n_steps per noise sample) or joint
     top_k: int = 5
     encoding: str = "float32"
+    noise_sampling: str = "iid"
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class ServingConfig:
     weights: str = "weights.pt"  # state_dict (eager), TorchScript file, or ONNX file
     labels: str = "index_to_name.json"
     nt_samples_batch_size: int = 32  # rows per forward + backward pass
+    memory_budget_mb: int | None = None  # lowers the rows per pass to fit (probed per shape)
     preprocess: Preprocess = Preprocess()
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
@@ -117,6 +121,11 @@ def parse_config(raw: Mapping[str, Any] | None) -> ServingConfig:
         raise InvalidArgument(
             "eager models need model_class 'package.module:ClassName'", field="model_class"
         )
+    budget = config.memory_budget_mb
+    if budget is not None and (
+        isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+    ):
+        raise InvalidArgument("memory_budget_mb must be an integer >= 1", field="memory_budget_mb")
     if config.nt_samples_batch_size < 1:
         raise InvalidArgument("nt_samples_batch_size must be >= 1", field="nt_samples_batch_size")
     pre = config.preprocess

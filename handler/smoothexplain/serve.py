@@ -1,9 +1,12 @@
 """`smoothexplain serve` and `smoothexplain stop`: run TorchServe with our config in the foreground.
 
 `serve` is the container entrypoint and what `make run` starts in the background: it starts
-TorchServe (fixed loopback ports, token auth on, model API off), writes `endpoints.json` and
-`serve.pid` into its work directory once every model is READY, and stops the whole process
-group on SIGTERM or SIGINT. `stop` sends that SIGTERM.
+TorchServe (fixed loopback ports, token auth on, model API off) with $PROMETHEUS_MULTIPROC_DIR
+set for its workers (emptied first), serves their merged metrics and the token-free probes on its
+own exporter port (exporter.py), writes `endpoints.json` and `serve.pid` into its work directory
+once every model is READY, and stops TorchServe's whole process group and the exporter on
+SIGTERM or SIGINT. `stop` sends that SIGTERM. `--tls-cert/--tls-key` turn on TLS for REST,
+gRPC and the exporter.
 """
 
 from __future__ import annotations
@@ -11,14 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import ssl
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from types import FrameType
 from typing import TypeAlias
 
+from .exporter import Exporter, Probes, TlsFiles
 from .launcher import DEFAULT_BASE_CONFIG, Ports, TorchServeError, TorchServeInstance
+from .metrics import ServerCollector, worker_collector
 
 __all__ = ["add_serve", "add_stop", "run_serve", "run_stop"]
 
@@ -49,15 +57,24 @@ def add_serve(subparsers: Subparsers) -> None:
         default=DEFAULT_BASE_CONFIG,
         help="base config.properties (addresses and ports are set here)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="bind address of every API")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address of REST and gRPC inference"
+    )
+    parser.add_argument(
+        "--metrics-host",
+        help="bind address of TorchServe's metrics and the exporter (default: --host)",
+    )
     for name, default in (
         ("inference", 8080),
         ("management", 8081),
         ("metrics", 8082),
         ("grpc-inference", 7070),
         ("grpc-management", 7071),
+        ("exporter", 8083),
     ):
         parser.add_argument(f"--{name}-port", type=int, default=default)
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate: HTTPS and gRPC TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.set_defaults(run=run_serve)
 
@@ -70,17 +87,93 @@ def add_stop(subparsers: Subparsers) -> None:
     parser.set_defaults(run=run_stop)
 
 
-def _endpoints(instance: TorchServeInstance) -> dict[str, object]:
+def _endpoints(
+    instance: TorchServeInstance, exporter: Exporter, tls: TlsFiles | None
+) -> dict[str, object]:
+    rest = f"https://{instance.host}:{instance.ports.inference}" if tls else instance.inference_url
     return {
-        "rest": instance.inference_url,
+        "rest": rest,
         "grpc": instance.grpc_target,
-        "metrics": f"{instance.metrics_url}/metrics",
+        "tls": tls is not None,
+        "metrics": f"{exporter.url}/metrics",
+        "torchserve_metrics": f"{instance.metrics_url}/metrics",
+        "health": f"{exporter.url}/healthz",
+        "ready": f"{exporter.url}/readyz",
         "management": instance.management_url,
         "key_file": str(instance.key_file),
         "models": sorted(instance.models),
         "logs": str(instance.log_dir),
         "pid": os.getpid(),
     }
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("error: --tls-cert and --tls-key go together")
+    if args.tls_cert is None:
+        return None
+    return TlsFiles(args.tls_cert.resolve(), args.tls_key.resolve())
+
+
+def _overrides(args: argparse.Namespace, tls: TlsFiles | None) -> dict[str, str]:
+    """config.properties keys on top of the launcher's: management stays on loopback whatever
+    --host says; TorchServe 0.12's TLS keys when asked for."""
+    metrics_host = args.metrics_host or args.host
+    values = {
+        "management_address": f"http://127.0.0.1:{args.management_port}",
+        "grpc_management_address": "127.0.0.1",
+        "metrics_address": f"http://{metrics_host}:{args.metrics_port}",
+    }
+    if tls is not None:
+        values.update(
+            {
+                "inference_address": f"https://{args.host}:{args.inference_port}",
+                "enable_grpc_ssl": "true",  # same certificate for gRPC (both gRPC servers)
+                "certificate_file": str(tls.certificate),
+                "private_key_file": str(tls.private_key),
+            }
+        )
+    return values
+
+
+def _ready(instance: TorchServeInstance, tls: TlsFiles | None) -> bool:
+    """TorchServe's /ping with the current inference key (re-read: keys rotate)."""
+    host = "127.0.0.1" if instance.host in ("0.0.0.0", "") else instance.host
+    scheme = "https" if tls else "http"
+    headers = {}
+    if instance.key_file.is_file():  # absent when token authorization is off
+        headers["Authorization"] = f"Bearer {instance.inference_token}"
+    request = urllib.request.Request(
+        f"{scheme}://{host}:{instance.ports.inference}/ping", headers=headers
+    )
+    context = None
+    if tls is not None:
+        # Our own child on loopback: the certificate need not name 127.0.0.1, so it is not
+        # checked here (clients check it).
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with urllib.request.urlopen(request, timeout=5, context=context) as answer:
+        status = json.loads(answer.read()).get("status")
+    return answer.status == 200 and bool(status == "Healthy")
+
+
+def _exporter(
+    args: argparse.Namespace, instance: TorchServeInstance, tls: TlsFiles | None
+) -> Exporter:
+    multiproc = args.workdir.resolve() / "prometheus"
+    shutil.rmtree(multiproc, ignore_errors=True)  # stale files would count dead workers twice
+    multiproc.mkdir(parents=True)
+    instance.extra_env["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc)
+    return Exporter(
+        args.metrics_host or args.host,
+        args.exporter_port,
+        [
+            worker_collector(multiproc),
+            ServerCollector(instance.process_pids, instance.is_running),
+        ],
+        Probes(alive=instance.is_running, ready=lambda: _ready(instance, tls)),
+        tls,
+    )
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -91,15 +184,19 @@ def run_serve(args: argparse.Namespace) -> int:
         grpc_inference=args.grpc_inference_port,
         grpc_management=args.grpc_management_port,
     )
+    tls = _tls(args)
     instance = TorchServeInstance(
         args.model_store,
         args.models,
         args.workdir,
         base_config=args.config,
+        config_overrides=_overrides(args, tls),
         host=args.host,
         ports=ports,
         startup_timeout=args.startup_timeout,
     )
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    exporter = _exporter(args, instance, tls)
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -109,13 +206,14 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     pid_file, endpoints_file = args.workdir / "serve.pid", args.workdir / "endpoints.json"
     try:
+        exporter.start()  # before TorchServe: /healthz answers (503) while models load
         instance.start()
-        endpoints_file.write_text(json.dumps(_endpoints(instance), indent=2) + "\n")
+        endpoints_file.write_text(json.dumps(_endpoints(instance, exporter, tls), indent=2) + "\n")
         pid_file.write_text(f"{os.getpid()}\n")
         print(
             f"smoothexplain serving {', '.join(sorted(instance.models))}: "
-            f"REST {instance.inference_url}, gRPC {instance.grpc_target}, "
-            f"token in {instance.key_file}",
+            f"REST {_endpoints(instance, exporter, tls)['rest']}, gRPC {instance.grpc_target}, "
+            f"metrics {exporter.url}/metrics, token in {instance.key_file}",
             flush=True,
         )
         while not stopping.wait(1.0):
@@ -123,11 +221,12 @@ def run_serve(args: argparse.Namespace) -> int:
                 print("TorchServe exited unexpectedly; see " + str(instance.log_dir), flush=True)
                 return 1
         return 0
-    except TorchServeError as error:
+    except (TorchServeError, OSError) as error:
         print(f"error: {error}", flush=True)
         return 1
     finally:
         instance.stop()
+        exporter.stop()
         pid_file.unlink(missing_ok=True)
         endpoints_file.unlink(missing_ok=True)
 

@@ -8,6 +8,7 @@ own error answer; its batch-mates are still answered.
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from .config import ServingConfig
 from .engine import ExplainJob, JobResult, Scheduler
 from .errors import InternalError, InvalidArgument, LimitExceeded, SmoothExplainError, status_of
 from .heatmap import heatmap_png
+from .metrics import ServiceMetrics
 from .spec import ExplainSpec, Method, make_spec
 
 __all__ = ["ExplainService", "Incoming", "Outgoing"]
@@ -59,6 +61,7 @@ class _Work:
     spec: ExplainSpec | None = None
     seed: int = 0
     error: SmoothExplainError | None = None
+    started: float = field(default_factory=time.perf_counter)  # its decode starts now
 
     @property
     def ok(self) -> bool:
@@ -85,14 +88,20 @@ class ExplainService:
         labels: dict[int, str],
         device: torch.device,
         model_name: str = "",
+        metrics: ServiceMetrics | None = None,
     ) -> None:
         self.model, self.config, self.labels = model, config, labels
-        self.device, self.model_name = device, model_name
+        self.device, self.model_name, self.metrics = device, model_name, metrics
         low, high = config.preprocess.bounds()
         self.bounds = (torch.tensor(low).view(-1, 1, 1), torch.tensor(high).view(-1, 1, 1))
-        self.scheduler = Scheduler(model, config.nt_samples_batch_size)
+        budget = config.memory_budget_mb
+        self.scheduler = Scheduler(
+            model, config.nt_samples_batch_size, None if budget is None else budget * 2**20
+        )
 
     def handle(self, batch: Sequence[Incoming]) -> list[Outgoing]:
+        if self.metrics is not None:
+            self.metrics.batch_started()
         works = [self._guard(_Work(incoming), self._decode) for incoming in batch]
         started = time.perf_counter()
         self._predict([w for w in works if w.ok])
@@ -105,7 +114,37 @@ class ExplainService:
             work.response.timings.predict_ms = predict_ms
             work.response.timings.explain_ms = explain_ms if work in explained else 0.0
             work.response.timings.batch_size = len(batch)
-        return [self._answer(w) for w in works]
+        answers = [self._answer(w) for w in works]
+        if self.metrics is not None:
+            self._observe(self.metrics, works, answers, explained, explain_ms / 1000)
+        return answers
+
+    def _observe(
+        self,
+        metrics: ServiceMetrics,
+        works: list[_Work],
+        answers: list[Outgoing],
+        explained: list[_Work],
+        explain_seconds: float,
+    ) -> None:
+        done = time.perf_counter()
+        for work, answer in zip(works, answers, strict=True):
+            kind, method, nt_type = _labels(work)
+            metrics.request_answered(kind, method, nt_type, answer.status, done - work.started)
+            if work in explained:
+                metrics.request_explained(method, nt_type, work.response.rows, explain_seconds)
+        metrics.batch_finished(len(works))
+
+    def _run(self, jobs: list[ExplainJob]) -> list[JobResult]:
+        """`scheduler.run`, reporting what it did (also when it fails) to the metrics."""
+        try:
+            return self.scheduler.run(jobs)
+        finally:
+            if self.metrics is not None:
+                stats = self.scheduler.stats
+                self.metrics.engine_run(
+                    stats.chunk_rows, stats.oom_splits, self.scheduler.chunk_rows
+                )
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -182,6 +221,22 @@ class ExplainService:
                 ig_rule=_enum_value(options.ig_rule, pb.IgRule, "IG_RULE_", "options.ig_rule")
                 or d.ig_rule,
                 return_convergence_delta=options.return_convergence_delta,
+                ig_sampling=_enum_value(
+                    options.ig_sampling, pb.IgSampling, "IG_SAMPLING_", "options.ig_sampling"
+                )
+                or d.ig_sampling,
+                noise_sampling=_enum_value(
+                    options.noise_sampling,
+                    pb.NoiseSampling,
+                    "NOISE_SAMPLING_",
+                    "options.noise_sampling",
+                )
+                or d.noise_sampling,
+                tolerance=options.tolerance if options.HasField("tolerance") else None,
+                precision=_enum_value(
+                    options.precision, pb.Precision, "PRECISION_", "options.precision"
+                )
+                or d.precision,
             )
         except InvalidArgument as error:
             raise type(error)(f"options.{error.message}", field=f"options.{error.field}") from None
@@ -225,7 +280,7 @@ class ExplainService:
             return
         jobs = [self._job(w) for w in works]
         try:
-            results = self.scheduler.run(jobs)
+            results = self._run(jobs)
         except Exception:
             # Isolate the request that broke the shared run; the others are recomputed alone.
             for work, job in zip(works, jobs, strict=True):
@@ -235,7 +290,7 @@ class ExplainService:
             self._guard(work, partial(self._finish, result=result))
 
     def _run_alone(self, work: _Work, job: ExplainJob) -> None:
-        self._finish(work, self.scheduler.run([job])[0])
+        self._finish(work, self._run([job])[0])
 
     def _job(self, work: _Work) -> ExplainJob:
         assert work.inputs is not None and work.spec is not None and work.request is not None
@@ -267,9 +322,11 @@ class ExplainService:
         if result.convergence_delta is not None:
             response.convergence_delta = result.convergence_delta
         response.options.CopyFrom(_applied(work.spec, work.seed, work.request.options, encoding))
+        if result.relative_error is not None and math.isfinite(result.relative_error):
+            response.relative_error = result.relative_error
         response.seed, response.nt_samples, response.rows = (
             work.seed,
-            work.spec.samples,
+            result.samples or work.spec.samples,
             result.rows,
         )
         response.timings.encode_ms = 1000 * (time.perf_counter() - started)
@@ -283,6 +340,15 @@ class ExplainService:
         failed.error.http_status, failed.error.grpc_code = status.http, status.grpc
         failed.error.message, failed.error.field = work.error.message, work.error.field
         return Outgoing(status.http, encode_response(failed, as_json=as_json), work.error.message)
+
+
+def _labels(work: _Work) -> tuple[str, str, str]:
+    """(kind, method, nt_type) metric labels; method and nt_type are "" for predictions and
+    for requests that failed before their options were read."""
+    explain = work.request.explain if work.request is not None else work.incoming.explain_path
+    if work.spec is None:
+        return ("explain" if explain else "predict"), "", ""
+    return "explain", work.spec.method.value, work.spec.nt_type.value
 
 
 def _applied(
@@ -299,12 +365,20 @@ def _applied(
         seed=seed,
         return_convergence_delta=spec.return_convergence_delta,
         encoding=encoding,
+        noise_sampling=pb.NoiseSampling.Value(
+            f"NOISE_SAMPLING_{spec.noise_sampling.value.upper()}"
+        ),
+        precision=pb.Precision.Value(f"PRECISION_{spec.precision.value.upper()}"),
     )
+    if spec.tolerance is not None:
+        applied.tolerance = spec.tolerance
     if spec.stdevs is not None:
         applied.stdevs = spec.stdevs
     if spec.method is Method.INTEGRATED_GRADIENTS:
         applied.n_steps = spec.n_steps
         applied.ig_rule = pb.IgRule.Value(f"IG_RULE_{spec.ig_rule.value.upper()}")
+        sampling = "joint" if spec.joint_ig else "grid"  # plain IG always runs the grid
+        applied.ig_sampling = pb.IgSampling.Value(f"IG_SAMPLING_{sampling.upper()}")
         if asked.HasField("baseline"):
             applied.baseline = asked.baseline
     return applied

@@ -17,16 +17,21 @@ from .errors import InvalidArgument
 
 __all__ = [
     "MAX_SEED",
+    "MIN_SAMPLES_FOR_STOPPING",
     "Bounds",
     "ExplainSpec",
     "IgRule",
+    "IgSampling",
     "Method",
     "NoiseKind",
+    "NoiseSampling",
     "NtType",
+    "Precision",
     "make_spec",
 ]
 
 MAX_SEED = 2**63 - 1
+MIN_SAMPLES_FOR_STOPPING = 8  # adaptive stopping never judges the error on fewer samples
 
 
 class Method(StrEnum):
@@ -48,12 +53,31 @@ class NoiseKind(StrEnum):
     ADAPTIVE = "adaptive"
 
 
+class NoiseSampling(StrEnum):
+    IID = "iid"  # independent Gaussian draws
+    ANTITHETIC = "antithetic"  # pairs (ε, −ε)
+    QMC = "qmc"  # scrambled Sobol points through the inverse normal CDF
+
+
+class Precision(StrEnum):
+    FP32 = "fp32"
+    BF16 = "bf16"  # autocast forward/backward; the gradients come back in float32
+    FP16 = "fp16"
+
+
 class IgRule(StrEnum):
     GAUSSLEGENDRE = "gausslegendre"
     RIEMANN_LEFT = "riemann_left"
     RIEMANN_RIGHT = "riemann_right"
     RIEMANN_MIDDLE = "riemann_middle"
     RIEMANN_TRAPEZOID = "riemann_trapezoid"
+
+
+class IgSampling(StrEnum):
+    """How smoothed IG spends its rows (see engine/joint.py for the estimators)."""
+
+    GRID = "grid"  # a full n_steps path integral per noise sample (Captum's NoiseTunnel(IG))
+    JOINT = "joint"  # one row per (noise, α) pair, α stratified; two α per sample for sq/vargrad
 
 
 @dataclass(frozen=True)
@@ -77,6 +101,10 @@ class ExplainSpec:
     n_steps: int = 50
     ig_rule: IgRule = IgRule.GAUSSLEGENDRE
     return_convergence_delta: bool = False
+    noise_sampling: NoiseSampling = NoiseSampling.IID
+    tolerance: float | None = None  # stop once the mean's relative standard error is below
+    precision: Precision = Precision.FP32
+    ig_sampling: IgSampling = IgSampling.GRID
 
     @property
     def samples(self) -> int:
@@ -84,8 +112,20 @@ class ExplainSpec:
         return 1 if self.nt_type is NtType.NONE else self.nt_samples
 
     @property
+    def joint_ig(self) -> bool:
+        """Smoothed IG with joint (noise, α) sampling; plain IG always uses the n_steps rule."""
+        return (
+            self.method is Method.INTEGRATED_GRADIENTS
+            and self.nt_type is not NtType.NONE
+            and self.ig_sampling is IgSampling.JOINT
+        )
+
+    @property
     def steps(self) -> int:
-        """Model rows per sample: the IG path points, or one."""
+        """Model rows per sample: the IG path points (joint: 1, or 2 for the product estimator
+        of smoothgrad_sq/vargrad), or one."""
+        if self.joint_ig:
+            return 2 if self.nt_type in (NtType.SMOOTHGRAD_SQ, NtType.VARGRAD) else 1
         return self.n_steps if self.method is Method.INTEGRATED_GRADIENTS else 1
 
     @property
@@ -177,6 +217,10 @@ def make_spec(
     n_steps: object = 50,
     ig_rule: object = "gausslegendre",
     return_convergence_delta: object = False,
+    noise_sampling: object = "iid",
+    tolerance: object = None,
+    precision: object = "fp32",
+    ig_sampling: object = "grid",
 ) -> ExplainSpec:
     """Check every argument and return the frozen spec; `InvalidArgument` names a bad field."""
     chosen_method = _choice("method", method, Method)
@@ -205,4 +249,10 @@ def make_spec(
         n_steps=_integer("n_steps", n_steps, least_steps),
         ig_rule=rule,
         return_convergence_delta=return_convergence_delta,
+        noise_sampling=_choice("noise_sampling", noise_sampling, NoiseSampling),
+        tolerance=None
+        if tolerance is None
+        else _real("tolerance", tolerance, low=0.0, open_low=True, high=1.0),
+        precision=_choice("precision", precision, Precision),
+        ig_sampling=_choice("ig_sampling", ig_sampling, IgSampling),
     )

@@ -19,6 +19,7 @@ import torch
 
 from .codec import GRPC_KEY
 from .config import parse_config
+from .metrics import ServiceMetrics
 from .models import load_labels, load_model
 from .service import ExplainService, Incoming, Outgoing
 
@@ -60,7 +61,9 @@ class SmoothExplainHandler:
         device = _device(properties)
         model = load_model(model_dir, config, device)
         name = str(context.manifest.get("model", {}).get("modelName", ""))
-        self.service = ExplainService(model, config, load_labels(model_dir, config), device, name)
+        labels = load_labels(model_dir, config)
+        metrics = ServiceMetrics(name, device)  # files under $PROMETHEUS_MULTIPROC_DIR when set
+        self.service = ExplainService(model, config, labels, device, name, metrics)
         log.info("smoothexplain model %s ready on %s", name, device)
 
     def handle(self, data: Sequence[Mapping[str, Any]], context: Any) -> list[bytes | str]:

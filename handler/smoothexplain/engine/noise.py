@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from ..spec import Bounds, ExplainSpec, NoiseKind, NtType
+from ..spec import Bounds, ExplainSpec, NoiseKind, NoiseSampling, NtType
 
-__all__ = ["adaptive_sigma", "job_seed", "make_generator", "noise_scale"]
+__all__ = ["NoiseStream", "adaptive_sigma", "job_seed", "make_generator", "noise_scale"]
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK63 = 2**63 - 1
@@ -50,3 +50,55 @@ def noise_scale(x: torch.Tensor, spec: ExplainSpec) -> torch.Tensor | None:
     if spec.stdevs is not None:
         return torch.tensor(spec.stdevs, dtype=x.dtype, device=x.device)
     return spec.sigma * (high - low)
+
+
+_SOBOL_MAX_DIMENSION = 21201  # torch.quasirandom.SobolEngine's limit
+
+
+class NoiseStream:
+    """Standard-normal noise for one job, one sample at a time, in a fixed order.
+
+    `iid`: independent draws from the job's generator (the stream every other option is
+    compared with). `antithetic`: samples 2k and 2k+1 are ε and −ε, so odd gradient terms cancel
+    in pairs. `qmc`: scrambled Sobol points mapped through the inverse normal CDF; inputs with
+    more features than one Sobol engine supports use several independently scrambled engines.
+    """
+
+    def __init__(
+        self,
+        shape: torch.Size,
+        scheme: NoiseSampling,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.shape, self.scheme, self.generator = shape, scheme, generator
+        self.dtype, self.device = dtype, device
+        self.index = 0
+        self.previous: torch.Tensor | None = None
+        self.engines: list[torch.quasirandom.SobolEngine] = []
+        if scheme is NoiseSampling.QMC:
+            features = math.prod(shape)
+            for start in range(0, features, _SOBOL_MAX_DIMENSION):
+                width = min(_SOBOL_MAX_DIMENSION, features - start)
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
+                engine = torch.quasirandom.SobolEngine(width, scramble=True, seed=seed)  # type: ignore[no-untyped-call]
+                self.engines.append(engine)
+
+    def fill(self, out: torch.Tensor) -> torch.Tensor:
+        """Write the next sample's N(0, 1) noise into `out` (shaped like one input)."""
+        index, self.index = self.index, self.index + 1
+        if self.scheme is NoiseSampling.ANTITHETIC and index % 2 == 1 and self.previous is not None:
+            return torch.neg(self.previous, out=out)
+        if self.scheme is NoiseSampling.QMC:
+            points = torch.cat([engine.draw(1, dtype=torch.float64)[0] for engine in self.engines])
+            # Sobol points can be exactly 0; keep Φ⁻¹ finite.
+            normal = torch.special.ndtri(points.clamp(1e-12, 1 - 1e-12))
+            out.copy_(normal.view(self.shape))
+        else:
+            torch.randn(
+                self.shape, generator=self.generator, dtype=self.dtype, device=self.device, out=out
+            )
+        if self.scheme is NoiseSampling.ANTITHETIC:
+            self.previous = out.clone()
+        return out

@@ -9,19 +9,21 @@ answer depends neither on the chunk size nor on its batch-mates.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..errors import InvalidArgument, ModelOutputError, ResourceExhausted
-from ..spec import ExplainSpec, Method, NtType
+from ..spec import MIN_SAMPLES_FOR_STOPPING, ExplainSpec, Method, NtType, Precision
 from .aggregate import Moments
+from .joint import joint_alphas, joint_rows, point_attributions
 from .methods import finish_sample, guided_relus
-from .noise import make_generator, noise_scale
+from .noise import NoiseStream, make_generator, noise_scale
 from .quadrature import path_points
+from .stopping import relative_standard_error
 
 __all__ = ["ExplainJob", "JobResult", "Scheduler", "SchedulerStats"]
 
@@ -44,6 +46,8 @@ class JobResult:
     attribution: torch.Tensor  # float32, shape of the job's input
     convergence_delta: float | None  # mean over samples, IG with return_convergence_delta only
     rows: int  # model rows spent on this job
+    samples: int = 0  # noise samples aggregated (fewer than asked when a tolerance stopped it)
+    relative_error: float | None = None  # estimated relative standard error of the mean map
 
 
 @dataclass
@@ -68,7 +72,11 @@ class _Run:
         self.steps, self.total_rows, self.next_row = spec.steps, spec.rows, 0
         self.sigma = noise_scale(x, spec)
         self.generator = make_generator(job.seed, x.device)
-        self.moments = Moments(second_moment=spec.nt_type in (NtType.SMOOTHGRAD_SQ, NtType.VARGRAD))
+        self.stream = NoiseStream(x.shape, spec.noise_sampling, self.generator, x.dtype, x.device)
+        self.moments = Moments(
+            second_moment=spec.tolerance is not None
+            or spec.nt_type in (NtType.SMOOTHGRAD_SQ, NtType.VARGRAD)
+        )
         self.noisy: torch.Tensor = x
         self.baseline: torch.Tensor | None = None
         self.alphas = self.weights = torch.ones(1, dtype=torch.float64, device=x.device)
@@ -77,6 +85,10 @@ class _Run:
             self.baseline = base.detach().to(x.device, x.dtype).expand_as(x)
             alphas, weights = path_points(spec.ig_rule, spec.n_steps)
             self.alphas, self.weights = alphas.to(x.device), weights.to(x.device)
+        # Joint IG: every sample's path positions, drawn before any row (chunk-size invariant).
+        self.joint_alphas = (
+            joint_alphas(job.seed, spec.samples, spec.steps) if spec.joint_ig else None
+        )
         self.path_sum: torch.Tensor | None = None  # Σₖ wₖ·grad for the sample in progress
         self.attr_total = 0.0  # Σ over samples of Σᵢ attrᵢ (convergence delta)
         self.endpoint_total = 0.0  # Σ over samples of F(x̃)
@@ -89,9 +101,7 @@ class _Run:
     def draw_sample(self) -> torch.Tensor:
         if self.sigma is None:
             return self.x
-        noise = torch.randn(
-            self.x.shape, generator=self.generator, dtype=self.x.dtype, device=self.x.device
-        )
+        noise = self.stream.fill(torch.empty_like(self.x))
         return noise.mul_(self.sigma).add_(self.x)
 
     def draw_block(self, count: int) -> torch.Tensor:
@@ -101,13 +111,7 @@ class _Run:
         if self.sigma is None:
             return block.copy_(self.x.expand_as(block))
         for row in block:
-            torch.randn(
-                self.x.shape,
-                generator=self.generator,
-                dtype=self.x.dtype,
-                device=self.x.device,
-                out=row,
-            )
+            self.stream.fill(row)
         return block.mul_(self.sigma).add_(self.x)
 
     def take(self, count: int) -> tuple[torch.Tensor, list[_Piece]]:
@@ -116,6 +120,8 @@ class _Run:
             block = self.draw_block(count)
             self.next_row += count
             return block, [_Piece(self, block, 0, 1, count)]
+        if self.joint_alphas is not None:
+            return self._take_joint(count)
         rows: list[torch.Tensor] = []
         pieces: list[_Piece] = []
         end = self.next_row + count
@@ -130,17 +136,43 @@ class _Run:
             self.next_row += upto - step
         return torch.cat(rows), pieces
 
+    def _take_joint(self, count: int) -> tuple[torch.Tensor, list[_Piece]]:
+        """Joint IG rows: whole samples as one block piece; a sample cut by the chunk's end
+        (two rows per sample only) as one-row pieces, its noise kept for the next chunk."""
+        assert self.joint_alphas is not None and self.baseline is not None
+        rows: list[torch.Tensor] = []
+        pieces: list[_Piece] = []
+        end = self.next_row + count
+        while self.next_row < end:
+            sample, step = divmod(self.next_row, self.steps)
+            whole = (end - self.next_row) // self.steps if step == 0 else 0
+            if whole:
+                noisy, first, upto = self.draw_block(whole), 0, self.steps
+            else:
+                if step == 0:
+                    self.noisy = self.draw_sample()
+                noisy, whole, first = self.noisy.unsqueeze(0), 1, step
+                upto = min(self.steps, step + end - self.next_row)
+            alphas = self.joint_alphas[sample : sample + whole, first:upto]
+            rows.append(joint_rows(self.baseline, noisy, alphas))
+            size = whole * (upto - first)
+            pieces.append(_Piece(self, noisy, first, upto, size, block=True))
+            self.next_row += size
+        return rows[0] if len(rows) == 1 else torch.cat(rows), pieces
+
 
 @dataclass
 class _Piece:
     """Rows of one run, contiguous within a chunk: IG steps [first_step, end_step) of one noisy
-    sample, or (one row per sample) a block of `size` noisy samples stacked in `noisy`."""
+    sample, or (one row per sample) a block of `size` noisy samples stacked in `noisy`, or
+    (joint IG, `block`) steps [first_step, end_step) of each of the samples stacked in `noisy`."""
 
     run: _Run
     noisy: torch.Tensor
     first_step: int
     end_step: int
     size: int
+    block: bool = False  # joint IG: `noisy` is a (samples, ...) stack
 
 
 class Scheduler:
@@ -150,15 +182,42 @@ class Scheduler:
     size is kept for every later chunk of this scheduler.
     """
 
-    def __init__(self, model: Model, chunk_rows: int | None = None) -> None:
+    def __init__(
+        self, model: Model, chunk_rows: int | None = None, memory_budget: int | None = None
+    ) -> None:
         if chunk_rows is not None and (isinstance(chunk_rows, bool) or chunk_rows < 1):
             raise InvalidArgument(
                 f"nt_samples_batch_size must be >= 1, got {chunk_rows}",
                 field="nt_samples_batch_size",
             )
+        if memory_budget is not None and memory_budget < 1:
+            raise InvalidArgument("memory_budget must be >= 1 byte", field="memory_budget")
         self.model = model
         self.chunk_rows = chunk_rows
+        self.memory_budget = memory_budget  # bytes of activations + rows per model call
         self.stats = SchedulerStats()
+        self.row_bytes: dict[tuple[object, ...], int] = {}  # probed cost per row, by row kind
+        self._precision = Precision.FP32
+
+    def _row_limit(self, run: _Run) -> int | None:
+        """Rows per call: `chunk_rows`, lowered to fit `memory_budget` when one is set."""
+        if self.memory_budget is None:
+            return self.chunk_rows
+        fit = max(1, self.memory_budget // self._row_cost(run))
+        return fit if self.chunk_rows is None else min(fit, self.chunk_rows)
+
+    def _row_cost(self, run: _Run) -> int:
+        """Bytes one more row costs in a model call, probed once per row kind and cached.
+
+        Counts the tensors autograd saves for backward in a 1-row and a 2-row forward (weights
+        cancel in the difference), plus the row, its gradient and its noise.
+        """
+        key = (*_group_key(run), run.spec.precision)
+        if key not in self.row_bytes:
+            saved = [_saved_bytes(self, run, count) for count in (1, 2)]
+            row = run.x.numel() * run.x.element_size()
+            self.row_bytes[key] = max(saved[1] - saved[0], 0) + 4 * row
+        return self.row_bytes[key]
 
     def run(self, jobs: Sequence[ExplainJob]) -> list[JobResult]:
         self.stats = SchedulerStats()
@@ -170,6 +229,7 @@ class Scheduler:
                 if guided and isinstance(self.model, nn.Module)
                 else nullcontext()
             )
+            self._precision = group[0].spec.precision
             with gate:
                 for pieces, rows in self._chunks(group):
                     self._process(pieces, rows)
@@ -182,15 +242,17 @@ class Scheduler:
         while current is not None:
             rows: list[torch.Tensor] = []
             pieces: list[_Piece] = []
-            space = self.chunk_rows or total  # read per chunk: an OOM split may shrink it
+            space = self._row_limit(current) or total  # per chunk: an OOM split may shrink it
             while space and current is not None:
-                block, taken = current.take(min(space, current.remaining))
-                rows.append(block)
-                pieces.extend(taken)
-                space -= block.shape[0]
+                if current.remaining:  # 0 when adaptive stopping ended it early
+                    block, taken = current.take(min(space, current.remaining))
+                    rows.append(block)
+                    pieces.extend(taken)
+                    space -= block.shape[0]
                 if current.remaining == 0:
                     current = next(pending, None)
-            yield pieces, rows[0] if len(rows) == 1 else torch.cat(rows)
+            if rows:
+                yield pieces, rows[0] if len(rows) == 1 else torch.cat(rows)
 
     def _process(self, pieces: list[_Piece], rows: torch.Tensor) -> None:
         targets = torch.tensor(
@@ -201,6 +263,7 @@ class Scheduler:
         for piece in pieces:
             _accumulate(piece, grads[offset : offset + piece.size])
             offset += piece.size
+        _stop_converged({id(p.run): p.run for p in pieces}.values())
         self._endpoints([p for p in pieces if p.run.spec.return_convergence_delta])
 
     def _gradients(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -228,7 +291,9 @@ class Scheduler:
     def _try_gradients(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         try:
             leaf = rows.detach().requires_grad_(True)  # the pieces keep the plain rows
-            (grads,) = torch.autograd.grad(self._scores(leaf, targets).sum(), leaf)
+            with _autocast(self._precision, leaf.device):
+                scores = self._scores(leaf, targets)
+            (grads,) = torch.autograd.grad(scores.float().sum(), leaf)
         except torch.OutOfMemoryError:
             return None  # the caller retries once this frame (and its tensors) is gone
         return grads
@@ -255,36 +320,84 @@ class Scheduler:
         if not finished:
             return
         with torch.no_grad():
-            ends = torch.stack([p.noisy for p in finished])
-            targets = torch.tensor([p.run.job.target for p in finished], device=ends.device)
+            ends = torch.cat([p.noisy if p.block else p.noisy.unsqueeze(0) for p in finished])
+            owners = [p.run for p in finished for _ in range(p.noisy.shape[0] if p.block else 1)]
+            targets = torch.tensor([run.job.target for run in owners], device=ends.device)
             scores = self._scores(ends, targets)
-            for piece, score in zip(finished, scores.tolist(), strict=True):
-                piece.run.endpoint_total += score
-                run = piece.run
+            for run, score in zip(owners, scores.tolist(), strict=True):
+                run.endpoint_total += score
                 if run.baseline_score is None and run.baseline is not None:
                     base_target = torch.tensor([run.job.target], device=ends.device)
                     base_scores = self._scores(run.baseline.unsqueeze(0), base_target)
                     run.baseline_score = float(base_scores[0])
 
 
+def _stop_converged(runs: Iterable[_Run]) -> None:
+    """Adaptive stopping, checked after every chunk at sample boundaries: a job whose mean has
+    reached its relative-standard-error tolerance draws no more samples."""
+    for run in runs:
+        tolerance = run.spec.tolerance
+        if tolerance is None or run.remaining == 0 or run.next_row % run.steps:
+            continue
+        if run.moments.count < MIN_SAMPLES_FOR_STOPPING:
+            continue
+        error = relative_standard_error(run.moments)
+        if error is not None and error <= tolerance:
+            run.total_rows = run.next_row
+
+
+def _group_key(run: _Run) -> tuple[object, ...]:
+    return (
+        tuple(run.x.shape),
+        run.x.dtype,
+        run.x.device,
+        run.spec.method is Method.GUIDED_BACKPROP,
+        run.spec.precision,
+    )
+
+
 def _groups(runs: list[_Run]) -> list[list[_Run]]:
-    """Runs that may share a model call: same row shape, dtype, device and backward rule."""
+    """Runs that may share a model call: same row shape, dtype, device, backward rule and
+    precision."""
     groups: dict[tuple[object, ...], list[_Run]] = {}
     for run in runs:
-        key = (
-            tuple(run.x.shape),
-            run.x.dtype,
-            run.x.device,
-            run.spec.method is Method.GUIDED_BACKPROP,
-        )
-        groups.setdefault(key, []).append(run)
+        groups.setdefault(_group_key(run), []).append(run)
     return list(groups.values())
+
+
+def _autocast(precision: Precision, device: torch.device) -> AbstractContextManager[object]:
+    if precision is Precision.FP32:
+        return nullcontext()
+    dtype = torch.bfloat16 if precision is Precision.BF16 else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _saved_bytes(scheduler: Scheduler, run: _Run, count: int) -> int:
+    """Bytes autograd keeps for backward in a forward over `count` copies of the run's input."""
+    total = 0
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    rows = run.x.detach().expand(count, *run.x.shape).clone().requires_grad_(True)
+    targets = torch.zeros(count, dtype=torch.long, device=rows.device)
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+        _autocast(run.spec.precision, rows.device),
+    ):
+        scheduler._scores(rows, targets)
+    return total
 
 
 def _accumulate(piece: _Piece, grads: torch.Tensor) -> None:
     run = piece.run
     if run.baseline is None:  # one row per sample: the rows are the samples
         run.moments.add(finish_sample(run.spec.method, grads, piece.noisy, None))
+        return
+    if piece.block:
+        _accumulate_joint(piece, grads)
         return
     w = run.weights[piece.first_step : piece.end_step].view(-1, *([1] * run.x.dim()))
     partial = (grads.to(torch.float64) * w).sum(dim=0)
@@ -303,11 +416,42 @@ def _accumulate(piece: _Piece, grads: torch.Tensor) -> None:
         run.path_sum = None
 
 
+def _accumulate_joint(piece: _Piece, grads: torch.Tensor) -> None:
+    """One-point IG estimates into the moments: singles, or (a, b) pairs per sample (a pair
+    cut by a chunk's end waits in `path_sum` for its second row)."""
+    run = piece.run
+    assert run.baseline is not None
+    points = point_attributions(grads, piece.noisy, run.baseline)  # (samples, rows each, ...)
+    if run.steps == 1:
+        done = points[:, 0]
+        run.moments.add(done)
+    elif piece.end_step - piece.first_step == 2:
+        done = points.mean(dim=1)
+        run.moments.add_pairs(points[:, 0], points[:, 1])
+    elif piece.first_step == 0:
+        run.path_sum = points[0, 0]
+        return
+    else:
+        assert run.path_sum is not None
+        first, run.path_sum = run.path_sum.unsqueeze(0), None
+        done = (first + points[:, 0]) / 2
+        run.moments.add_pairs(first, points[:, 0])
+    if run.spec.return_convergence_delta:  # per sample, in order: chunk-size invariant
+        for total in done.flatten(1).sum(dim=1).tolist():
+            run.attr_total += total
+
+
 def _result(run: _Run) -> JobResult:
     attribution = run.moments.result(run.spec.nt_type).to(torch.float32)
     delta: float | None = None
     if run.spec.return_convergence_delta:
-        samples = run.spec.samples
+        samples = run.moments.count
         base = run.baseline_score if run.baseline_score is not None else 0.0
         delta = (run.attr_total - run.endpoint_total) / samples + base
-    return JobResult(attribution=attribution, convergence_delta=delta, rows=run.total_rows)
+    return JobResult(
+        attribution=attribution,
+        convergence_delta=delta,
+        rows=run.total_rows,
+        samples=run.moments.count,
+        relative_error=relative_standard_error(run.moments),
+    )
