@@ -248,6 +248,19 @@ class TorchServeInstance:
     def grpc_management_target(self) -> str:
         return f"{self.host}:{self.ports.grpc_management}"
 
+    @property
+    def token_auth(self) -> bool:
+        """False when the config turns TorchServe's token authorization off (no key file)."""
+        value = self.config_overrides.get("disable_token_authorization")
+        if value is None:
+            found = re.search(
+                r"^\s*disable_token_authorization\s*[=:]\s*(\S+)",
+                self.base_config.read_text(encoding="utf-8"),
+                re.MULTILINE,
+            )
+            value = found.group(1) if found else "false"
+        return value.strip().lower() != "true"
+
     def config_values(self) -> dict[str, str]:
         """The per-instance settings written on top of the base config."""
         store_regex = re.escape(self.model_store.as_posix())
@@ -390,7 +403,7 @@ class TorchServeInstance:
         last_error = "no attempt yet"
         while True:
             self._check_alive()
-            if self.key_file.is_file():
+            if self.key_file.is_file() or not self.token_auth:
                 for name in sorted(pending):
                     try:
                         workers = self.describe_model(name).get("workers", [])
@@ -581,11 +594,11 @@ class TorchServeInstance:
         return self.token("API")
 
     def inference_headers(self) -> dict[str, str]:
-        """REST headers carrying the inference token."""
-        return {"Authorization": f"Bearer {self.inference_token}"}
+        """REST headers carrying the inference token (none when token auth is off)."""
+        return {"Authorization": f"Bearer {self.inference_token}"} if self.token_auth else {}
 
     def management_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.management_token}"}
+        return {"Authorization": f"Bearer {self.management_token}"} if self.token_auth else {}
 
     def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
         """gRPC call metadata carrying the inference token."""

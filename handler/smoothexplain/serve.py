@@ -12,6 +12,7 @@ gRPC and the exporter.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import shutil
@@ -73,6 +74,13 @@ def add_serve(subparsers: Subparsers) -> None:
         ("exporter", 8083),
     ):
         parser.add_argument(f"--{name}-port", type=int, default=default)
+    parser.add_argument(
+        "--token-auth",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="TorchServe's token authorization; --no-token-auth only with a loopback --host, "
+        "behind a gateway that checks tokens itself (deploy/k8s)",
+    )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: HTTPS and gRPC TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
@@ -119,11 +127,15 @@ def _overrides(args: argparse.Namespace, tls: TlsFiles | None) -> dict[str, str]
     """config.properties keys on top of the launcher's: management stays on loopback whatever
     --host says; TorchServe 0.12's TLS keys when asked for."""
     metrics_host = args.metrics_host or args.host
+    if not args.token_auth and not _loopback(args.host):
+        raise SystemExit("error: --no-token-auth needs a loopback --host (127.0.0.1)")
     values = {
         "management_address": f"http://127.0.0.1:{args.management_port}",
         "grpc_management_address": "127.0.0.1",
         "metrics_address": f"http://{metrics_host}:{args.metrics_port}",
     }
+    if not args.token_auth:
+        values["disable_token_authorization"] = "true"
     if tls is not None:
         values.update(
             {
@@ -134,6 +146,15 @@ def _overrides(args: argparse.Namespace, tls: TlsFiles | None) -> dict[str, str]
             }
         )
     return values
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _ready(instance: TorchServeInstance, tls: TlsFiles | None) -> bool:
@@ -176,6 +197,10 @@ def _exporter(
     )
 
 
+class _StoppedWhileStarting(Exception):
+    """SIGTERM/SIGINT before TorchServe was ready; unwinds `instance.start()`, which stops it."""
+
+
 def run_serve(args: argparse.Namespace) -> int:
     ports = Ports(
         inference=args.inference_port,
@@ -197,17 +222,20 @@ def run_serve(args: argparse.Namespace) -> int:
     )
     args.workdir.mkdir(parents=True, exist_ok=True)
     exporter = _exporter(args, instance, tls)
-    stopping = threading.Event()
+    stopping, started = threading.Event(), threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         stopping.set()
+        if not started.is_set():  # still loading models: do not make Kubernetes wait for it
+            raise _StoppedWhileStarting
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     pid_file, endpoints_file = args.workdir / "serve.pid", args.workdir / "endpoints.json"
     try:
-        exporter.start()  # before TorchServe: /healthz answers (503) while models load
+        exporter.start()  # before TorchServe: /readyz answers 503 while models load
         instance.start()
+        started.set()
         endpoints_file.write_text(json.dumps(_endpoints(instance, exporter, tls), indent=2) + "\n")
         pid_file.write_text(f"{os.getpid()}\n")
         print(
@@ -220,6 +248,8 @@ def run_serve(args: argparse.Namespace) -> int:
             if not instance.is_running():
                 print("TorchServe exited unexpectedly; see " + str(instance.log_dir), flush=True)
                 return 1
+        return 0
+    except _StoppedWhileStarting:
         return 0
     except (TorchServeError, OSError) as error:
         print(f"error: {error}", flush=True)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ._proto.smoothexplain.v1 import explain_pb2 as pb
+from .budget import RESPONSE_TIMEOUT_SHARE, Budgeted
 from .codec import (
     decode_request,
     encode_response,
@@ -28,7 +29,16 @@ from .codec import (
 )
 from .config import ServingConfig
 from .engine import ExplainJob, JobResult, Scheduler
-from .errors import InternalError, InvalidArgument, LimitExceeded, SmoothExplainError, status_of
+from .errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidArgument,
+    LimitExceeded,
+    ModelOutputError,
+    ResourceExhausted,
+    SmoothExplainError,
+    status_of,
+)
 from .heatmap import heatmap_png
 from .metrics import ServiceMetrics
 from .spec import ExplainSpec, Method, make_spec
@@ -89,26 +99,36 @@ class ExplainService:
         device: torch.device,
         model_name: str = "",
         metrics: ServiceMetrics | None = None,
+        response_timeout: float | None = None,  # TorchServe's, seconds: explanations stop in time
     ) -> None:
         self.model, self.config, self.labels = model, config, labels
         self.device, self.model_name, self.metrics = device, model_name, metrics
+        self.response_timeout = response_timeout
         low, high = config.preprocess.bounds()
         self.bounds = (torch.tensor(low).view(-1, 1, 1), torch.tensor(high).view(-1, 1, 1))
         budget = config.memory_budget_mb
+        self.budget = Budgeted(model)  # the engine's model calls stop once the time is up
         self.scheduler = Scheduler(
-            model, config.nt_samples_batch_size, None if budget is None else budget * 2**20
+            self.budget, config.nt_samples_batch_size, None if budget is None else budget * 2**20
         )
 
     def handle(self, batch: Sequence[Incoming]) -> list[Outgoing]:
         if self.metrics is not None:
             self.metrics.batch_started()
+        batch_started = time.monotonic()
         works = [self._guard(_Work(incoming), self._decode) for incoming in batch]
         started = time.perf_counter()
+        _expire(works)
         self._predict([w for w in works if w.ok])
         predict_ms = 1000 * (time.perf_counter() - started)
         started = time.perf_counter()
+        _expire(works)
         explained = [w for w in works if w.ok and w.request is not None and w.request.explain]
-        self._explain(explained)
+        self.budget.start(*self._time_left(explained, batch_started))
+        try:
+            self._explain(explained)
+        finally:
+            self.budget.start(None, "")
         explain_ms = 1000 * (time.perf_counter() - started)
         for work in works:
             work.response.timings.predict_ms = predict_ms
@@ -191,6 +211,11 @@ class ExplainService:
 
     def _spec(self, options: pb.ExplainOptions) -> ExplainSpec:
         d, limits = self.config.defaults, self.config.limits
+        if options.HasField("baseline") and not math.isfinite(options.baseline):
+            raise InvalidArgument(
+                f"options.baseline must be a finite number, got {options.baseline}",
+                field="options.baseline",
+            )
         nt_samples = options.nt_samples if options.HasField("nt_samples") else d.nt_samples
         n_steps = options.n_steps if options.HasField("n_steps") else d.n_steps
         if nt_samples > limits.max_nt_samples:
@@ -222,7 +247,7 @@ class ExplainService:
                 or d.ig_rule,
                 return_convergence_delta=options.return_convergence_delta,
                 ig_sampling=_enum_value(
-                    options.ig_sampling, pb.IgSampling, "IG_SAMPLING_", "options.ig_sampling"
+                    options.ig_sampling, pb.IgSampling, "IG_SAMPLING_", "ig_sampling"
                 )
                 or d.ig_sampling,
                 noise_sampling=_enum_value(
@@ -239,6 +264,8 @@ class ExplainService:
                 or d.precision,
             )
         except InvalidArgument as error:
+            if error.field.startswith("options."):  # an enum above, already named in full
+                raise
             raise type(error)(f"options.{error.message}", field=f"options.{error.field}") from None
         if spec.rows > limits.max_rows:
             raise LimitExceeded(
@@ -255,11 +282,23 @@ class ExplainService:
             assert work.inputs is not None
             groups.setdefault(tuple(work.inputs.shape), []).append(work)
         for group in groups.values():
-            with torch.no_grad():
-                scores = self.model(torch.stack([w.inputs for w in group if w.inputs is not None]))
-            probabilities = torch.softmax(scores.float(), dim=1).cpu()
+            try:
+                probabilities = self._probabilities(group)
+            except Exception as error:  # an input shape the model cannot take fails alone
+                for work in group:
+                    work.error = _refused(work, error)
+                continue
             for work, row in zip(group, probabilities, strict=True):
                 self._guard(work, partial(self._rank, probabilities=row))
+
+    def _probabilities(self, group: list[_Work]) -> torch.Tensor:
+        with torch.no_grad():
+            scores = self.model(torch.stack([w.inputs for w in group if w.inputs is not None]))
+        if not isinstance(scores, torch.Tensor) or scores.dim() != 2 or len(scores) != len(group):
+            raise ModelOutputError(
+                f"model must return (rows, classes) scores for {len(group)} rows"
+            )
+        return torch.softmax(scores.float(), dim=1).cpu()
 
     def _rank(self, work: _Work, probabilities: torch.Tensor) -> None:
         assert work.request is not None
@@ -274,6 +313,29 @@ class ExplainService:
                 f"target must be in [0, {classes - 1}], got {target}", field="target"
             )
         work.response.target = target
+
+    def _time_left(self, works: list[_Work], batch_started: float) -> tuple[float | None, str]:
+        """When the engine must stop (time.monotonic()), and why: the batch's share of
+        responseTimeout, or the latest client deadline when every request carries one."""
+        until: float | None = None
+        reason = ""
+        if self.response_timeout is not None:
+            until = batch_started + RESPONSE_TIMEOUT_SHARE * self.response_timeout
+            reason = (
+                f"the batch used its {RESPONSE_TIMEOUT_SHARE:.0%} share of the model's "
+                f"responseTimeout ({self.response_timeout:g} s) before this explanation was done"
+            )
+        deadlines = [
+            w.request.deadline_unix_ms
+            for w in works
+            if w.request is not None and w.request.HasField("deadline_unix_ms")
+        ]
+        if works and len(deadlines) == len(works):
+            client = time.monotonic() + max(deadlines) / 1000 - time.time()
+            if until is None or client < until:
+                until = client
+                reason = "deadline_unix_ms passed while computing; the rest was not computed"
+        return until, reason
 
     def _explain(self, works: list[_Work]) -> None:
         if not works:
@@ -334,12 +396,55 @@ class ExplainService:
     def _answer(self, work: _Work) -> Outgoing:
         as_json = not work.incoming.from_grpc
         if work.error is None:
-            return Outgoing(200, encode_response(work.response, as_json=as_json))
+            body = encode_response(work.response, as_json=as_json)
+            size = len(body.encode() if isinstance(body, str) else body)
+            if size <= self.config.limits.max_response_bytes:
+                return Outgoing(200, body)
+            limit = self.config.limits.max_response_bytes
+            work.error = LimitExceeded(
+                f"the answer would be {size} bytes, above the server limit max_response_bytes="
+                f"{limit}; ask for ENCODING_FLOAT16 or ENCODING_PNG",
+                field="options.encoding",
+            )
         status = status_of(work.error)
         failed = pb.Response(model=self.model_name, timings=work.response.timings)
         failed.error.http_status, failed.error.grpc_code = status.http, status.grpc
         failed.error.message, failed.error.field = work.error.message, work.error.field
         return Outgoing(status.http, encode_response(failed, as_json=as_json), work.error.message)
+
+
+def _refused(work: _Work, error: Exception) -> SmoothExplainError:
+    """The error of a request whose prediction failed in the model itself."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return ResourceExhausted("out of memory while predicting")
+    tensor = work.request is not None and work.request.input.WhichOneof("source") == "tensor"
+    if tensor and work.inputs is not None and not isinstance(error, SmoothExplainError):
+        return InvalidArgument(
+            f"input.tensor.shape {tuple(work.inputs.shape)} is not accepted by the model "
+            f"({type(error).__name__})",
+            field="input.tensor.shape",
+        )
+    if isinstance(error, SmoothExplainError):
+        return error
+    log.error("the model failed on a preprocessed image: %s", type(error).__name__)
+    return InternalError("internal error while predicting")
+
+
+def _expire(works: list[_Work]) -> None:
+    """Requests whose client deadline has passed get DEADLINE_EXCEEDED instead of our time."""
+    now_ms = time.time() * 1000
+    for work in works:
+        request = work.request
+        if (
+            work.ok
+            and request is not None
+            and request.HasField("deadline_unix_ms")
+            and request.deadline_unix_ms <= now_ms
+        ):
+            work.error = DeadlineExceeded(
+                "deadline_unix_ms passed before this request's turn; it was not computed",
+                field="deadline_unix_ms",
+            )
 
 
 def _labels(work: _Work) -> tuple[str, str, str]:

@@ -23,21 +23,35 @@ from .metrics import ServiceMetrics
 from .models import load_labels, load_model
 from .service import ExplainService, Incoming, Outgoing
 
-__all__ = ["SmoothExplainHandler", "incoming_from"]
+__all__ = ["SmoothExplainHandler", "incoming_from", "reason_phrase"]
 
 log = logging.getLogger(__name__)
 REST_KEYS = ("body", "data")
+REASON_MAX = 200  # characters of an error message put into the HTTP status line
 
 
-def incoming_from(row: Mapping[str, Any], explain_header: str | None) -> Incoming:
-    """One TorchServe request row → Incoming (gRPC when our key is present)."""
-    if GRPC_KEY in row:
-        return Incoming(row[GRPC_KEY], from_grpc=True)
-    explain_path = (explain_header or "").lower() == "true"
+def incoming_from(row: Mapping[str, Any], explain_header: object) -> Incoming:
+    """One TorchServe request row → Incoming.
+
+    TorchServe gives every REST request a string `explain` header and gRPC requests none, so
+    the header, not the input keys, tells the transports apart: a REST form field named like
+    our gRPC key must not get a gRPC answer (its HTTP reply would never be sent), and a gRPC
+    input named "explain" (reported as that input's header dict) must not crash the batch.
+    """
+    if not isinstance(explain_header, str):
+        return Incoming(row.get(GRPC_KEY), from_grpc=True)  # a missing key: 400 naming it
+    explain_path = explain_header.lower() == "true"
     for key in REST_KEYS:
         if key in row:
             return Incoming(row[key], explain_path=explain_path)
     return Incoming(None, explain_path=explain_path)
+
+
+def _response_timeout(context: Any) -> float | None:
+    """The model's responseTimeout (model-config.yaml), after which TorchServe kills the
+    worker: the data plane stops explaining before it. None when the archive sets none."""
+    value = (getattr(context, "model_yaml_config", None) or {}).get("responseTimeout")
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def _device(properties: Mapping[str, Any]) -> torch.device:
@@ -63,7 +77,8 @@ class SmoothExplainHandler:
         name = str(context.manifest.get("model", {}).get("modelName", ""))
         labels = load_labels(model_dir, config)
         metrics = ServiceMetrics(name, device)  # files under $PROMETHEUS_MULTIPROC_DIR when set
-        self.service = ExplainService(model, config, labels, device, name, metrics)
+        timeout = _response_timeout(context)
+        self.service = ExplainService(model, config, labels, device, name, metrics, timeout)
         log.info("smoothexplain model %s ready on %s", name, device)
 
     def handle(self, data: Sequence[Mapping[str, Any]], context: Any) -> list[bytes | str]:
@@ -89,4 +104,15 @@ class SmoothExplainHandler:
             return
         context.set_response_content_type(index, "application/json")
         if answer.status != 200:
-            context.set_response_status(answer.status, answer.message, idx=index)
+            context.set_response_status(answer.status, reason_phrase(answer.message), idx=index)
+
+
+def reason_phrase(message: str) -> str:
+    """`message` made safe for the HTTP status line TorchServe builds from it.
+
+    A CR or LF there makes TorchServe 0.12's Netty throw and restart the worker, failing the
+    whole batch (measured; see docs/reliability.md): keep one short printable-ASCII line.
+    The full message stays in the JSON body.
+    """
+    line = "".join(c if " " <= c <= "~" else " " for c in message).strip()
+    return line[:REASON_MAX] or "error"
