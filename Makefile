@@ -11,12 +11,15 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
-.PHONY: help install java protos model run stop test lint unit bench clean
+.PHONY: help install java protos model run stop test lint unit bench bench-gpu report soak clean
 
 help:
 	@echo "make run     install, build the demo model, start TorchServe, explain one image"
 	@echo "make test    install and run the whole test suite (lint, types, unit, integration)"
 	@echo "make bench   benchmarks (results in bench/results/, summarised in README.md)"
+	@echo "make bench-gpu  the performance benchmarks on a CUDA device"
+	@echo "make report  explanation quality report (docs/quality.md, docs/figures/; ~15 min)"
+	@echo "make soak    long reliability runs (docs/reliability.md; ~20 min, not in CI)"
 	@echo "make stop    stop the server started by make run"
 
 install: $(STAMP) java protos
@@ -59,9 +62,28 @@ unit: install
 test: install lint model
 	$(BIN)/pytest
 
+# Performance benchmarks on CPU (about 15 min on 2 cores), then README tables + plots.
+PERF_BENCH := engine fusion memory serving
 bench: install
-	$(BIN)/python bench/engine_cpu.py --out bench/results/engine-cpu.json
+	for b in $(PERF_BENCH); do $(BIN)/python bench/$$b.py; done
+	$(BIN)/python bench/ig_sampling.py  # smoothed IG error vs passes (~8 min on 2 quiet cores)
 	$(BIN)/python bench/report.py
+
+# The same on a CUDA device (ResNet-50 TF32/bf16/channels_last, cudnn.benchmark); without one,
+# a CPU smoke run of the same code paths (nothing written to bench/results/).
+bench-gpu: install
+	for b in $(PERF_BENCH); do $(BIN)/python bench/$$b.py --device cuda; done
+	$(BIN)/python bench/report.py
+
+# Long reliability runs (not in CI; about 20 min on 2 cores): bad-input corpus under load, load
+# at k = 1, 4, 8, 16, repeated faults, a full metrics disk (needs root for a tmpfs mount).
+# Figures go into docs/reliability.md and docs/reliability-soak.json.
+soak: install model
+	cd tests/integration && ../../$(BIN)/python -m reliability.soak
+
+# Explanation quality report: Quantus and matplotlib come with the dev extra (via `report`).
+report: install model
+	$(BIN)/python -m smoothexplain.quality.run --docs docs --cache artifacts/quality
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

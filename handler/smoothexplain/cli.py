@@ -32,7 +32,7 @@ from .client import ExplainError, SmoothExplainClient, attribution
 from .errors import InvalidArgument, SmoothExplainError
 from .heatmap import heatmap_png, overlay_png
 from .serve import add_serve, add_stop
-from .spec import IgRule, Method, NoiseKind, NtType
+from .spec import IgRule, IgSampling, Method, NoiseKind, NtType
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -66,7 +66,7 @@ def _connection_options() -> argparse.ArgumentParser:
     return parent
 
 
-def _values(kind: type[Method | NtType | NoiseKind | IgRule]) -> list[str]:
+def _values(kind: type[Method | NtType | NoiseKind | IgRule | IgSampling]) -> list[str]:
     return [member.value for member in kind]
 
 
@@ -88,6 +88,11 @@ def add_explain(subparsers: Subparsers) -> None:
     opts.add_argument("--confidence", type=float, help="AdaptGrad confidence in (0, 1)")
     opts.add_argument("--n-steps", type=int, metavar="N", help="integrated gradients steps")
     opts.add_argument("--ig-rule", choices=_values(IgRule))
+    opts.add_argument(
+        "--ig-sampling",
+        choices=_values(IgSampling),
+        help="smoothed IG: grid (n_steps rows per noise sample) or joint (one row per sample)",
+    )
     opts.add_argument("--baseline", type=float, help="constant IG baseline (model-input units)")
     opts.add_argument("--convergence-delta", action="store_true", help="IG convergence delta")
     opts.add_argument("--seed", type=int, help="same seed, same attribution")
@@ -180,6 +185,7 @@ def run_explain(args: argparse.Namespace) -> int:
             seed=args.seed,
             n_steps=args.n_steps,
             ig_rule=args.ig_rule,
+            ig_sampling=args.ig_sampling,
             return_convergence_delta=args.convergence_delta,
             baseline=args.baseline,
             encoding="float32_and_png" if args.out else "float32",

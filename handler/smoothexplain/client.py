@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +266,7 @@ _ENUM_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("nt_type", pb.NtType, "NT_TYPE_"),
     ("noise", pb.Noise, "NOISE_"),
     ("ig_rule", pb.IgRule, "IG_RULE_"),
+    ("ig_sampling", pb.IgSampling, "IG_SAMPLING_"),
     ("encoding", pb.Encoding, "ENCODING_"),
 )
 _SCALAR_OPTIONS = (
@@ -376,6 +378,12 @@ def _parse_rest_answer(model: str, status: int, text: str) -> pb.Response:
         ) from None
 
 
+def _copy(request: pb.Request) -> pb.Request:
+    copy = pb.Request()
+    copy.CopyFrom(request)
+    return copy
+
+
 def _host_port(host: str, port: int) -> str:
     bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return f"{bracketed}:{port}"
@@ -445,6 +453,7 @@ class SmoothExplainClient:
         seed: int | None = None,
         n_steps: int | None = None,
         ig_rule: str | None = None,
+        ig_sampling: str | None = None,
         return_convergence_delta: bool = False,
         baseline: float | None = None,
         encoding: str | None = None,
@@ -455,8 +464,9 @@ class SmoothExplainClient:
         Enum options take the lower-case names of the proto values: method "gradient",
         "input_x_gradient", "integrated_gradients", "guided_backprop"; nt_type "none",
         "smoothgrad", "smoothgrad_sq", "vargrad"; noise "gaussian", "adaptive"; ig_rule
-        "gausslegendre", "riemann_left", ...; encoding "float32", "float16", "png",
-        "float32_and_png". A bad value raises `InvalidArgument` before any network call.
+        "gausslegendre", "riemann_left", ...; ig_sampling "grid", "joint"; encoding "float32",
+        "float16", "png", "float32_and_png". A bad value raises `InvalidArgument` before any
+        network call.
         `target` defaults to the top-1 class; the same `seed` gives the same attribution.
         """
         options = _options(
@@ -465,6 +475,7 @@ class SmoothExplainClient:
                 "nt_type": nt_type,
                 "noise": noise,
                 "ig_rule": ig_rule,
+                "ig_sampling": ig_sampling,
                 "encoding": encoding,
                 "nt_samples": nt_samples,
                 "stdevs": stdevs,
@@ -482,9 +493,16 @@ class SmoothExplainClient:
         return self.request(model, request)
 
     def request(self, model: str, request: pb.Request) -> pb.Response:
-        """Send one Request as is; the Response, or `ExplainError` if it carries an error."""
+        """Send one Request; the Response, or `ExplainError` if it carries an error.
+
+        Without a `deadline_unix_ms` the request is sent with now + `timeout`, so the server
+        skips it if it is still queued when this client has given up (needs synced clocks).
+        """
         if not isinstance(model, str) or not model:
             raise InvalidArgument("model must be a non-empty model name", field="model")
+        if not request.HasField("deadline_unix_ms"):
+            request = _copy(request)
+            request.deadline_unix_ms = int(1000 * (time.time() + self.timeout))
         if self.transport == "grpc":
             return _checked(self._grpc_call(model, request))
         return _checked(self._rest_call(model, request))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -40,6 +41,8 @@ _DTYPES: dict[pb.DType.ValueType, tuple[np.dtype[Any], torch.dtype]] = {
     pb.DTYPE_UINT8: (np.dtype("u1"), torch.uint8),
 }
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
+_IMAGE_FORMATS = ("PNG", "JPEG")  # the only decoders PIL may try (no EPS, TIFF, ... parsers)
+_DETAIL_MAX = 300  # characters of a parser's message quoted in an error
 
 
 def _as_bytes(payload: object, field: str) -> bytes:
@@ -54,24 +57,24 @@ def decode_request(
     payload: object, *, from_grpc: bool, explain_path: bool, limits: Limits
 ) -> pb.Request:
     """One TorchServe input (gRPC bytes, JSON body, parsed JSON, or raw image) → Request."""
+    if payload is None:
+        field = GRPC_KEY if from_grpc else "body"
+        raise InvalidArgument(f"{field} is missing: send a Request message", field=field)
     if isinstance(payload, Mapping):  # TorchServe already parsed a JSON body
-        request = _from_json(json.dumps(payload))
+        text = json.dumps(payload)
+        _check_size(len(text), limits)  # the same limit as an unparsed body
+        request = _from_json(text)
     else:
         data = _as_bytes(payload, "body")
-        if len(data) > limits.max_input_bytes:
-            raise LimitExceeded(
-                f"body is {len(data)} bytes, above the server limit "
-                f"max_input_bytes={limits.max_input_bytes}",
-                field="body",
-            )
-        if not data:
-            raise InvalidArgument("body is empty: send an image or a Request message", field="body")
-        if from_grpc:
+        _check_size(len(data), limits)
+        if from_grpc:  # an empty message is an empty Request: its fields are checked later
             request = _from_proto(data)
+        elif not data:
+            raise InvalidArgument("body is empty: send an image or a Request", field="body")
         elif data.startswith(_IMAGE_MAGIC):
             request = pb.Request(input=pb.Input(image=data))
         elif data.lstrip()[:1] == b"{":
-            request = _from_json(data.decode("utf-8", errors="replace"))
+            request = _from_json(_utf8(data))
         else:
             raise UnsupportedMediaType(
                 "body must be a PNG or JPEG image or a JSON Request (see proto/)", field="body"
@@ -79,6 +82,24 @@ def decode_request(
     if explain_path:
         request.explain = True
     return request
+
+
+def _check_size(size: int, limits: Limits) -> None:
+    if size > limits.max_input_bytes:
+        raise LimitExceeded(
+            f"body is {size} bytes, above the server limit "
+            f"max_input_bytes={limits.max_input_bytes}",
+            field="body",
+        )
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(
+            f"body: a JSON Request must be UTF-8 (invalid byte at {error.start})", field="body"
+        ) from None
 
 
 def _from_proto(data: bytes) -> pb.Request:
@@ -96,17 +117,76 @@ def _from_json(text: str) -> pb.Request:
     try:
         return json_format.Parse(text, pb.Request())
     except json_format.ParseError as error:
-        raise InvalidArgument(
-            f"body: invalid Request JSON: {error}", field=_json_field(str(error))
-        ) from None
+        # One line, bounded: json_format may quote a whole (huge) value or list the fields
+        # on a second line.
+        detail = " ".join(str(error).split())[:_DETAIL_MAX]
+        field = _mistyped(text, pb.Request.DESCRIPTOR) or _json_field(str(error))
+        raise InvalidArgument(f"body: invalid Request JSON: {detail}", field=field) from None
+
+
+def _mistyped(text: str | dict[str, Any], descriptor: Any, prefix: str = "") -> str:
+    """The first message-typed field whose JSON value is not an object ("" if none): there
+    json_format reports the characters of a string as unknown field names."""
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except (ValueError, RecursionError):
+        return ""
+    if not isinstance(value, dict):
+        return ""
+    for key, item in value.items():
+        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
+        if field is None or field.message_type is None or item is None:
+            continue
+        path = f"{prefix}{field.name}"
+        if not isinstance(item, dict):
+            return path
+        inner = _mistyped(item, field.message_type, f"{path}.")
+        if inner:
+            return inner
+    return ""
 
 
 def _json_field(message: str) -> str:
-    # json_format names the failing field as "...Request.options.nt_samples..." or similar.
-    for token in message.replace('"', " ").split():
-        if token.startswith("smoothexplain.v1."):
-            return token.split(".", 2)[-1].rstrip(":,.")
-    return "body"
+    """The request field a json_format error is about, as a path of proto field names.
+
+    protobuf 5-7 say "... at Request.options.method", or chain "Failed to parse options
+    field: Failed to parse nt_samples field: ..." (skipping oneof members such as
+    input.tensor), or "... has no field named "x" at "Request.options"".
+    """
+    located = re.search(r"\bat \"?Request((?:\.\w+)+)", message)
+    chain = re.findall(r"Failed to parse (\w+) field", message)
+    path = _resolve(located.group(1)[1:].split(".") if located else chain)
+    if chain and chain[-1] not in path:  # "at" may name the parent of the failing field
+        longer = _resolve([*path, chain[-1]])
+        path = longer if len(longer) > len(path) else path
+    unknown = re.search(r'has no field named "([^"]*)"', message)
+    if unknown:  # a name the schema does not have: report it as sent
+        path.append(unknown.group(1))
+    return ".".join(path) or "body"
+
+
+def _resolve(names: list[str]) -> list[str]:
+    """Field names → a path from Request, inserting a skipped level (json_format's error
+    chain omits e.g. "tensor" in input.tensor.shape) and dropping names that are no field."""
+    path: list[str] = []
+    descriptor: Any = pb.Request.DESCRIPTOR
+    for name in names:
+        field = descriptor.fields_by_name.get(name)
+        if field is None:
+            inner = [
+                f
+                for f in descriptor.fields
+                if f.message_type is not None and name in f.message_type.fields_by_name
+            ]
+            if len(inner) != 1:
+                break
+            path.append(inner[0].name)
+            field = inner[0].message_type.fields_by_name[name]
+        path.append(field.name)
+        if field.message_type is None:
+            break
+        descriptor = field.message_type
+    return path
 
 
 def image_to_tensor(data: bytes, pre: Preprocess, limits: Limits) -> torch.Tensor:
@@ -114,7 +194,7 @@ def image_to_tensor(data: bytes, pre: Preprocess, limits: Limits) -> torch.Tenso
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
             width, height = image.size
             if width * height > limits.max_pixels:
                 raise LimitExceeded(
@@ -134,8 +214,13 @@ def image_to_tensor(data: bytes, pre: Preprocess, limits: Limits) -> torch.Tenso
     ) as error:
         if isinstance(error, InvalidArgument):
             raise
+        if not data.startswith(_IMAGE_MAGIC):
+            raise UnsupportedMediaType(
+                "input.image must be PNG or JPEG", field="input.image"
+            ) from None
         raise InvalidArgument(
-            f"input.image cannot be decoded: {error}", field="input.image"
+            f"input.image cannot be decoded as PNG or JPEG: {_image_detail(error)}",
+            field="input.image",
         ) from None
     scale = pre.resize / min(rgb.size)
     size = (max(pre.size, round(rgb.width * scale)), max(pre.size, round(rgb.height * scale)))
@@ -148,6 +233,12 @@ def image_to_tensor(data: bytes, pre: Preprocess, limits: Limits) -> torch.Tenso
     mean = torch.tensor(pre.mean).view(-1, 1, 1)
     std = torch.tensor(pre.std).view(-1, 1, 1)
     return (chw - mean) / std
+
+
+def _image_detail(error: BaseException) -> str:
+    # PIL names the in-memory file object ("<_io.BytesIO object at 0x7f...>"): say "image".
+    text = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "image", str(error))
+    return " ".join(text.split())[:_DETAIL_MAX] or type(error).__name__
 
 
 def tensor_from_message(message: pb.Tensor, pre: Preprocess, limits: Limits) -> torch.Tensor:
@@ -167,7 +258,7 @@ def tensor_from_message(message: pb.Tensor, pre: Preprocess, limits: Limits) -> 
     count = shape[0] * shape[1] * shape[2]
     if count > limits.max_tensor_elements:
         raise LimitExceeded(
-            f"{field} has {count} elements, above the server limit "
+            f"{field}.shape {shape} has {count} elements, above the server limit "
             f"max_tensor_elements={limits.max_tensor_elements}",
             field=f"{field}.shape",
         )
@@ -181,7 +272,7 @@ def tensor_from_message(message: pb.Tensor, pre: Preprocess, limits: Limits) -> 
     array = np.frombuffer(message.data, dtype=np_dtype).reshape(shape)
     tensor = torch.from_numpy(array.astype(np.float32))
     if not bool(torch.isfinite(tensor).all()):
-        raise InvalidArgument(f"{field} contains NaN or Inf", field=f"{field}.data")
+        raise InvalidArgument(f"{field}.data contains NaN or Inf", field=f"{field}.data")
     return tensor
 
 

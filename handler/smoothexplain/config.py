@@ -58,6 +58,9 @@ class Limits:
     max_pixels: int = 25_000_000  # decoded image width × height (decompression bombs)
     max_tensor_elements: int = 3 * 1024 * 1024
     max_top_k: int = 1000
+    # One encoded answer; TorchServe restarts the worker on an answer above its
+    # max_response_size (32 MiB in deploy/config.properties), so stay below that.
+    max_response_bytes: int = 30_000_000
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@
      ├── Unauthenticated                        no or wrong token             401 / UNAUTHENTICATED
      ├── ModelOutputError                       the model broke its contract  500 / INTERNAL
      ├── ResourceExhausted                      out of memory after retries 503 / RESOURCE_EXHAUSTED
+     ├── DeadlineExceeded                       the client gave up first    504 / DEADLINE_EXCEEDED
      └── InternalError                          anything unexpected           500 / INTERNAL
 
 Every adapter (TorchServe handler, gRPC client, REST client) maps errors through `status_of`, so the
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "DeadlineExceeded",
     "ErrorStatus",
     "InternalError",
     "InvalidArgument",
@@ -64,6 +66,10 @@ class ResourceExhausted(SmoothExplainError):
     """The work did not fit in memory even after splitting chunks down to one row."""
 
 
+class DeadlineExceeded(SmoothExplainError):
+    """The request's deadline passed before its work started; it was not computed."""
+
+
 class InternalError(SmoothExplainError):
     """An unexpected failure; the message is safe to show, details are in the server log."""
 
@@ -81,6 +87,7 @@ _TABLE: tuple[tuple[type[SmoothExplainError], ErrorStatus], ...] = (
     (Unauthenticated, ErrorStatus(401, "UNAUTHENTICATED")),
     (ModelOutputError, ErrorStatus(500, "INTERNAL")),
     (ResourceExhausted, ErrorStatus(503, "RESOURCE_EXHAUSTED")),
+    (DeadlineExceeded, ErrorStatus(504, "DEADLINE_EXCEEDED")),
     (InternalError, ErrorStatus(500, "INTERNAL")),
 )
 

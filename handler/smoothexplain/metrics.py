@@ -32,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 
 from . import memory
+from .diskguard import reserve_multiprocess_files
 
 __all__ = [
     "BATCH_BUCKETS",
@@ -74,6 +75,8 @@ def _never_raises(
 ) -> Callable[Concatenate[ServiceMetrics, P], None]:
     def guarded(self: ServiceMetrics, /, *args: P.args, **kwargs: P.kwargs) -> None:
         try:
+            if not self.writable:  # no blocks for the files: a write could SIGBUS the worker
+                raise OSError("no space reserved for metrics in $PROMETHEUS_MULTIPROC_DIR")
             method(self, *args, **kwargs)
         except Exception:
             self.failures += 1
@@ -99,6 +102,11 @@ class ServiceMetrics:
         device: torch.device,
         registry: CollectorRegistry | None = None,
     ) -> None:
+        # Before any value exists: give this process's multiprocess files real blocks, or
+        # record nothing (diskguard.py: a write into a full disk kills the worker).
+        self.writable = reserve_multiprocess_files(
+            os.environ.get("PROMETHEUS_MULTIPROC_DIR"), os.getpid()
+        )
         # A private registry by default: no import-time globals, and two instances (tests)
         # never clash. In multiprocess mode the values go to files whatever the registry.
         self.registry = registry if registry is not None else CollectorRegistry()

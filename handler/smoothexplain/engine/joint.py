@@ -25,6 +25,11 @@ Estimators, for n noise samples (rows: n for smoothgrad, 2n for smoothgrad_sq an
 and aₛ, b_t (s ≠ t) are independent: the estimators above remain exactly unbiased. The α table is
 drawn once per job, before any row, from a generator of its own seeded from the job's seed —
 the noise stream is the grid rule's, and the result does not depend on the chunk size.
+
+The convergence delta keeps its grid definition, mean over samples of Σᵢ attrᵢ − (F(x̃) − F(x')),
+with attr the sample's one-point value (the mean of its two). E_α[Σᵢ gᵢ] = F(x̃) − F(x') exactly,
+so under joint sampling the delta has expectation 0 for any model: it measures the Monte Carlo
+error of the completeness sum, not a quadrature error.
 """
 
 from __future__ import annotations

@@ -1,0 +1,204 @@
+"""Engine overhead: smoothed gradient and integrated gradients of ResNet-18/50 (random weights,
+224²) by our engine, side by side with the bare forward+backward floor on the same rows and
+Captum's NoiseTunnel, every contender once per round, round after round.
+
+CPU (default): ResNet-18 and ResNet-50; gradient with nt_samples 50, IG with n_steps 5 and
+nt_samples 50 (ResNet-18) or 10 (ResNet-50: 250 rows per run would take minutes a round), in
+passes of 10 rows. CUDA: ResNet-50 with TF32, TF32 + channels_last and bf16 autocast +
+channels_last (cudnn.benchmark on), nt_samples 50, IG n_steps 10, passes of 50 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import torch
+from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+from common import (
+    Prepared,
+    add_device_arguments,
+    interleaved,
+    machine,
+    output_path,
+    random_model,
+    resolve_device,
+    summarise,
+    write,
+)
+from torch import nn
+
+from smoothexplain import explain
+
+STDEV = 0.15  # absolute noise σ (Captum takes a scalar stdev only)
+TARGET = 3
+
+
+@dataclass(frozen=True)
+class Case:
+    model: str
+    method: str  # "gradient" or "integrated_gradients"
+    nt_samples: int
+    n_steps: int  # 1 for gradient
+    batch: int  # rows per forward + backward pass (a multiple of n_steps)
+    size: int
+    variant: str  # "fp32", "tf32", "tf32+channels_last", "bf16+channels_last"
+
+    @property
+    def rows(self) -> int:
+        return self.nt_samples * self.n_steps
+
+
+def cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
+    if device.type == "cuda" or getattr(args, "fallback", False):
+        found = []
+        for variant in ("tf32", "tf32+channels_last", "bf16+channels_last"):
+            found.append(Case("resnet50", "gradient", 50, 1, 50, 224, variant))
+            found.append(Case("resnet50", "integrated_gradients", 50, 10, 50, 224, variant))
+    else:
+        found = [
+            Case("resnet18", "gradient", 50, 1, 10, 224, "fp32"),
+            Case("resnet18", "integrated_gradients", 50, 5, 10, 224, "fp32"),
+            Case("resnet50", "gradient", 50, 1, 10, 224, "fp32"),
+            Case("resnet50", "integrated_gradients", 10, 5, 10, 224, "fp32"),
+        ]
+    if args.smoke:  # the same code paths at toy sizes (ResNet-50 cases become duplicates)
+        found = [
+            replace(
+                c,
+                model="resnet18",
+                nt_samples=4,
+                n_steps=min(c.n_steps, 2),
+                batch=2 * min(c.n_steps, 2),
+                size=32,
+            )
+            for c in found
+        ]
+    return list(dict.fromkeys(found))
+
+
+def prepared(case: Case, device: torch.device) -> nn.Module:
+    channels_last = "channels_last" in case.variant
+    autocast = torch.bfloat16 if case.variant.startswith("bf16") else None
+    return Prepared(random_model(case.model, device, channels_last), autocast, channels_last)
+
+
+def floor_rows(case: Case, x: torch.Tensor) -> list[torch.Tensor]:
+    """The rows every contender runs, made before the clock starts: the floor pays only for
+    the model. IG rows are sample-major (x' = 0 + α_k (x̃ − 0)), as the engine lays them out."""
+    gen = torch.Generator(x.device).manual_seed(1)
+    per_pass = case.batch // case.n_steps
+    alphas = torch.linspace(0.1, 1.0, case.n_steps, device=x.device).view(1, -1, 1, 1, 1)
+    chunks = []
+    for start in range(0, case.nt_samples, per_pass):
+        count = min(per_pass, case.nt_samples - start)
+        noise = torch.randn((count, *x.shape[1:]), generator=gen, device=x.device)
+        noisy = x + STDEV * noise
+        rows = noisy if case.n_steps == 1 else (alphas * noisy.unsqueeze(1)).flatten(0, 1)
+        chunks.append(rows.contiguous())
+    return chunks
+
+
+def contenders(
+    case: Case, model: nn.Module, x: torch.Tensor, nt_samples: int
+) -> dict[str, Callable[[], object]]:
+    rows = floor_rows(case, x)[: max(1, nt_samples * case.n_steps // case.batch)]
+    ig = case.method == "integrated_gradients"
+
+    def floor() -> None:
+        for chunk in rows:
+            leaf = chunk.requires_grad_(True)
+            torch.autograd.grad(model(leaf)[:, TARGET].sum(), leaf)
+
+    def engine() -> None:
+        explain(
+            model,
+            x,
+            TARGET,
+            method=case.method,
+            nt_samples=nt_samples,
+            nt_samples_batch_size=case.batch,
+            stdevs=STDEV,
+            n_steps=case.n_steps,
+            seed=1,
+        )
+
+    def captum() -> None:
+        tunnel = NoiseTunnel(IntegratedGradients(model) if ig else Saliency(model))
+        extra = {"n_steps": case.n_steps} if ig else {"abs": False}
+        tunnel.attribute(
+            x,
+            nt_type="smoothgrad",
+            nt_samples=nt_samples,
+            nt_samples_batch_size=case.batch // case.n_steps,
+            stdevs=STDEV,
+            target=TARGET,
+            **extra,
+        )
+
+    def per_sample_loop() -> None:
+        total = torch.zeros_like(x)
+        for _ in range(nt_samples):
+            row = (x + STDEV * torch.randn_like(x)).requires_grad_(True)
+            total += torch.autograd.grad(model(row)[0, TARGET], row)[0]
+        _ = total / nt_samples
+
+    found: dict[str, Callable[[], object]] = {
+        "floor": floor,
+        "engine": engine,
+        "captum_noise_tunnel": captum,
+    }
+    if not ig and case.model == "resnet18" and case.variant == "fp32":
+        found["per_sample_loop"] = per_sample_loop
+    return found
+
+
+def run_case(case: Case, device: torch.device, repeats: int, warm: bool) -> dict[str, object]:
+    model = prepared(case, device)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, case.size, case.size, device=device)
+    # Warm-up: one pass per contender (kernel selection, allocator, lazy imports); a full run
+    # of ResNet-50 would cost a whole round.
+    for fn in contenders(case, model, x, case.batch // case.n_steps).values() if warm else []:
+        fn()
+    cpu: dict[str, list[float]] = {}
+    times = interleaved(contenders(case, model, x, case.nt_samples), repeats, 0, device, cpu)
+    result = summarise(times, "floor", cpu if device.type == "cpu" else None)
+    for name, row in result.items():
+        print(
+            f"{case.model} {case.method} {case.variant}: {name:20s} "
+            f"median {row['median_s']:.3f} s  ×floor {row['ratio_to_floor']:.3f} "
+            f"(CPU time ×{row.get('cpu_ratio_to_floor', float('nan')):.3f})",
+            flush=True,
+        )
+    return {**asdict(case), "rows": case.rows, "repeats": repeats, "results": result}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_device_arguments(parser)
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (≥ 3)")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", module="captum")
+    device = resolve_device(args)
+    repeats = 1 if args.smoke else args.repeats
+    record = {
+        "benchmark": "engine overhead",
+        "machine": machine(device),
+        "settings": {
+            "stdevs": STDEV,
+            "target": TARGET,
+            "nt_type": "smoothgrad",
+            "ig_rule": "gausslegendre (Captum's default)",
+            "weights": "random (seed 0)",
+            "smoke": args.smoke,
+        },
+        "cases": [run_case(c, device, repeats, not args.smoke) for c in cases(args, device)],
+    }
+    write(output_path(args, "engine", device), record)
+
+
+if __name__ == "__main__":
+    main()

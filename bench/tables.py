@@ -1,0 +1,167 @@
+"""Markdown tables for the performance benchmarks (engine, fusion, memory, serving).
+
+Each renderer takes one result record (bench/results/NAME-DEVICE.json) and returns the text
+that `report.py` puts between `<!-- bench:NAME-DEVICE -->` markers in the README.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["RENDERERS", "measured_on"]
+
+MIB = 1024 * 1024
+ENGINE_LABELS = {
+    "engine": "engine",
+    "captum_noise_tunnel": "Captum NoiseTunnel",
+    "per_sample_loop": "per-sample loop",
+}
+SERVING_LABELS = {
+    "engine": "engine alone (`explain()` in the client process)",
+    "rest_json_float32": "REST, JSON body, float32 answer",
+    "rest_json_float16": "REST, JSON body, float16 answer",
+    "rest_raw_image": "REST, raw PNG body (server defaults, float32)",
+    "grpc_float32": "gRPC, float32",
+    "grpc_float16": "gRPC, float16",
+    "grpc_png": "gRPC, PNG heatmap only",
+    "stock_torchserve_captum_ig": "**stock TorchServe** `image_classifier` `/explanations`",
+}
+
+
+def measured_on(record: dict[str, Any]) -> str:
+    m = record["machine"]
+    where = m["cuda"] or f"{m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads)"
+    start, end = m.get("load_average_1m"), m.get("load_average_1m_end")
+    busy = f", 1-min load average {start:.1f} → {end:.1f}" if start and end else ""
+    return f"Measured {m['date'][:10]} on {where}, torch {m['torch']}{busy}"
+
+
+def _ratio(row: dict[str, Any]) -> str:
+    rounds = row.get("round_ratios") or []
+    spread = f" ({min(rounds):.2f}–{max(rounds):.2f})" if len(rounds) > 1 else ""
+    cpu = row.get("cpu_ratio_to_floor")
+    return f"{row['ratio_to_floor']:.3f}{spread}" + (f"; CPU {cpu:.3f}" if cpu else "")
+
+
+def engine_table(record: dict[str, Any]) -> str:
+    cases = record["cases"]
+    repeats = cases[0]["repeats"] if cases else 0
+    lines = [
+        f"{measured_on(record)}. Random weights, σ = {record['settings']['stdevs']} absolute, "
+        f"smoothgrad, median of {repeats} interleaved rounds; × floor is the ratio of median "
+        "wall times (range of the per-round ratios in brackets), then of median CPU times of "
+        "the process (all threads), which other processes on a shared machine disturb less.",
+        "",
+        "| model | method | variant | samples × steps (rows per pass) | floor s "
+        "| engine × floor | Captum NoiseTunnel × floor | per-sample loop × floor |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for case in cases:
+        r = case["results"]
+        cells = [_ratio(r[name]) if name in r else "—" for name in ENGINE_LABELS]
+        lines.append(
+            f"| {case['model']} {case['size']}² | {case['method']} | {case['variant']} | "
+            f"{case['nt_samples']} × {case['n_steps']} ({case['batch']}) | "
+            f"{r['floor']['median_s']:.3f} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def fusion_table(record: dict[str, Any]) -> str:
+    s = record["settings"]
+    lines = [
+        f"{measured_on(record)}. {s['model']}, input {s['input']}, nt_samples {s['nt_samples']} "
+        f"per request, nt_samples_batch_size {s['nt_samples_batch_size']} rows, median of "
+        f"{s['repeats']} interleaved rounds.",
+        "",
+        "| concurrent requests k | rows | one at a time, req/s | fused, req/s "
+        "| fused / one at a time (wall) | same, by CPU time | max abs difference of the answers |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for case in record["cases"]:
+        rps, cpu = case["requests_per_s"], case.get("cpu_throughput_ratio")
+        lines.append(
+            f"| {case['k']} | {case['rows']} | {rps['one_at_a_time']:.2f} | {rps['fused']:.2f} | "
+            f"{case['throughput_ratio']:.3f} | {f'{cpu:.3f}' if cpu else '—'} | "
+            f"{case['max_abs_difference']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
+def memory_table(record: dict[str, Any]) -> str:
+    s, results = record["settings"], record["results"]
+    cuda = s["measure"].startswith("CUDA")
+    peak, before = ("cuda_peak", "cuda_before") if cuda else ("peak_rss", "rss_before")
+    lines = [
+        f"{measured_on(record)}. {s['model']}, input {s['input']}, nt_samples_batch_size "
+        f"{s['nt_samples_batch_size']} rows, one fresh process per cell; {s['measure']} in MiB "
+        "(increase over the memory held before the run in brackets).",
+        "",
+        "| nt_samples | engine | Captum NoiseTunnel |",
+        "|---|---|---|",
+    ]
+    for i, n in enumerate(s["nt_samples"]):
+        runs = [results[name]["runs"][i] for name in ("engine", "captum")]
+        cells = [f"{r[peak] / MIB:.0f} (+{(r[peak] - r[before]) / MIB:.0f})" for r in runs]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    first, last = s["nt_samples"][0], s["nt_samples"][-1]
+    lines.append(
+        f"| **peak at {last} / peak at {first}** | "
+        f"**{results['engine']['peak_ratio']:.3f}** | **{results['captum']['peak_ratio']:.3f}** |"
+    )
+    return "\n".join(lines)
+
+
+def _serving_rows(case: dict[str, Any]) -> list[str]:
+    lines = [
+        "| path | median s | × engine | overhead ms | answer bytes | worker: decode / predict "
+        "/ explain / encode ms | rel. L2 to engine |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in case["results"].items():
+        w = r["worker_ms"]
+        worker = (
+            "—"
+            if name in ("engine", "stock_torchserve_captum_ig")
+            else f"{w['decode']:.1f} / {w['predict']:.1f} / {w['explain']:.0f} / {w['encode']:.1f}"
+        )
+        size = f"{r['response_bytes']:,}" if r["response_bytes"] else "—"
+        l2 = r["relative_l2_to_engine"]
+        agree = "—" if l2 is None or name == "engine" else f"{l2:.1e}"
+        lines.append(
+            f"| {SERVING_LABELS.get(name, name)} | {r['median_s']:.3f} | "
+            f"{r['ratio_to_engine']:.3f} | {r['overhead_ms']:+.0f} | {size} | {worker} | "
+            f"{agree} |"
+        )
+    return lines
+
+
+def serving_table(record: dict[str, Any]) -> str:
+    lines = [
+        f"{measured_on(record)}. TorchServe {record['settings']['torchserve']}, one request "
+        f"at a time, median of {record['settings']['repeats']} interleaved rounds; latency is "
+        "the client's wall time including building the request and decoding the answer.",
+    ]
+    titles = {
+        "se_resnet18": "ResNet-18 (random weights), 256² PNG → 224²",
+        "shapes": "the demo model, 64² PNG",
+        "peer_ig": "**peer**: ResNet-18, same weights and PNG",
+    }
+    for name, case in record["cases"].items():
+        lines += [
+            "",
+            f"*{titles.get(name, name)}: {case['request']}, "
+            f"nt_samples_batch_size {case['nt_samples_batch_size']}.*",
+            "",
+            *_serving_rows(case),
+        ]
+    return "\n".join(lines)
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "engine": engine_table,
+    "fusion": fusion_table,
+    "memory": memory_table,
+    "serving": serving_table,
+}

@@ -1,0 +1,73 @@
+"""Summaries of the per-image results: the numbers the report's tables and findings quote."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .stats import Estimate, mean_ci, paired_difference
+
+__all__ = [
+    "Comparison",
+    "compare",
+    "markdown_table",
+    "needed_samples",
+    "summarise",
+]
+
+Values = Sequence[float]
+
+
+def summarise(values: Values) -> Estimate:
+    return mean_ci(values)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """first − second, paired per image: the mean difference, its interval and the win share."""
+
+    difference: Estimate
+    wins: float
+
+    @property
+    def verdict(self) -> str:
+        if not self.difference.excludes_zero():
+            return "tie"
+        return "higher" if self.difference.mean > 0 else "lower"
+
+    def format(self, digits: int = 3) -> str:
+        return f"{self.difference.mean:+.{digits}f} [{self.difference.low:+.{digits}f}, " + (
+            f"{self.difference.high:+.{digits}f}] ({100 * self.wins:.0f} %)"
+        )
+
+
+def compare(first: Values, second: Values) -> Comparison:
+    difference, wins = paired_difference(first, second)
+    return Comparison(difference, wins)
+
+
+def needed_samples(
+    errors: Mapping[str, Values], reference: int, targets: Sequence[float]
+) -> list[int]:
+    """nt_samples at which the mean relative error falls to each target, from a 1/√n fit.
+
+    The observed error of an n-sample estimate against an independent `reference`-sample one is
+    k·√(1/n + 1/reference) (two independent Monte-Carlo errors); k is averaged over n ≥ 4,
+    where the mean of the error is close to its root-mean-square.
+    """
+    ks = [
+        mean_ci(values).mean / math.sqrt(1 / int(n) + 1 / reference)
+        for n, values in errors.items()
+        if int(n) >= 4
+    ]
+    if not ks:
+        raise ValueError("need errors measured at nt_samples >= 4")
+    k = sum(ks) / len(ks)
+    return [math.ceil((k / target) ** 2) for target in targets]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
