@@ -66,7 +66,9 @@ test: install lint model
 PERF_BENCH := engine fusion memory serving
 bench: install
 	for b in $(PERF_BENCH); do $(BIN)/python bench/$$b.py; done
-	$(BIN)/python bench/ig_sampling.py  # smoothed IG error vs passes (~8 min on 2 quiet cores)
+	$(BIN)/python bench/ig_sampling.py  # smoothed IG error vs passes (~5 min on 2 idle cores)
+	$(BIN)/python bench/sampling.py     # iid / antithetic / QMC / adaptive stopping (~15 min)
+	$(BIN)/python bench/precision.py    # bf16 / fp16 autocast vs fp32
 	$(BIN)/python bench/report.py
 
 # The same on a CUDA device (ResNet-50 TF32/bf16/channels_last, cudnn.benchmark); without one,

@@ -95,11 +95,6 @@ def main() -> None:
                     for name, row in summary.items()
                 },
                 "throughput_ratio": speedup,
-                "cpu_throughput_ratio": (
-                    1 / float(summary["fused"]["cpu_ratio_to_floor"])  # type: ignore[arg-type]
-                    if "cpu_ratio_to_floor" in summary["fused"]
-                    else None
-                ),
                 "results": summary,
             }
         )

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from efficiency_tables import precision_table, sampling_table
 from ig_table import ig_sampling_table
 from plots import PLOTTERS
 from tables import RENDERERS
@@ -16,7 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEVICES = ("cpu", "cuda")
 # Results that are not timings (no device suffix; the benchmark writes its own plot).
-UNTIMED = {"ig-sampling": ig_sampling_table}
+UNTIMED = {
+    "ig-sampling": ig_sampling_table,
+    "sampling": sampling_table,
+    "precision": precision_table,
+}
 
 
 def main() -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from smoothexplain.quality.sparseness import sparseness
 from smoothexplain.quality.stats import Estimate, mean_ci, paired_difference
+from smoothexplain.quality.tables import compare, error_constant, markdown_table, needed_samples
 
 
 def test_constant_values_have_a_degenerate_interval() -> None:
@@ -75,3 +78,21 @@ def test_sparseness_leaves_its_input_alone_and_checks_shape() -> None:
     np.testing.assert_array_equal(maps, before)
     with pytest.raises(ValueError, match="N, H, W"):
         sparseness(np.ones((4, 4)))
+
+
+def test_error_constant_and_needed_samples_follow_one_over_root_n() -> None:
+    # errors exactly k·√(1/n + 1/reference) with k = 2
+    reference = 1000
+    errors = {str(n): [2.0 * math.sqrt(1 / n + 1 / reference)] * 3 for n in (1, 4, 16, 64)}
+    assert error_constant(errors, reference) == pytest.approx(2.0)
+    assert needed_samples(errors, reference, (0.2, 0.1)) == [100, 400]
+    with pytest.raises(ValueError, match="nt_samples >= 4"):
+        error_constant({"1": [1.0]}, reference)
+
+
+def test_compare_verdicts_and_table() -> None:
+    assert compare([1.0, 2.0, 3.0], [0.0, 1.0, 2.0]).verdict == "higher"
+    assert compare([0.0, 1.0, 2.0], [1.0, 2.0, 3.0]).verdict == "lower"
+    assert compare([1.0, -1.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0]).verdict == "tie"
+    assert compare([1.0, 2.0], [0.5, 1.5]).format(1) == "+0.5 [+0.5, +0.5] (100 %)"
+    assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"

@@ -15,6 +15,13 @@ from typing import Any, Final
 import numpy as np
 
 from .figures import convergence_figure, map_grid, sanity_figure
+from .findings import (
+    convergence_findings,
+    ground_truth_findings,
+    sanity_findings,
+    sparseness_findings,
+    sweep_findings,
+)
 from .grid import BASES, Cell
 from .tables import compare, markdown_table, needed_samples, summarise
 
@@ -39,11 +46,6 @@ PAPER_VGG16_SPARSENESS: Final[dict[str, float]] = {
     "ig_b/ag": 0.6397,
 }
 MAIN_BASES: Final[tuple[str, ...]] = ("grad", "ixg", "ig_b", "ig_w", "gbp")
-VERDICT: Final[dict[str, str]] = {
-    "higher": "higher",
-    "lower": "lower",
-    "tie": "not measurably different",
-}
 
 
 def _cell(key: str) -> Cell:
@@ -66,29 +68,6 @@ def _model_label(results: Results, name: str) -> str:
 def _grid(results: Results, model: str) -> Mapping[str, Mapping[str, Sequence[float]]]:
     grid: Mapping[str, Mapping[str, Sequence[float]]] = results["per_model"][model]["grid"]
     return grid
-
-
-def _ag_vs_sg(results: Results, metric: str) -> dict[str, dict[str, str]]:
-    """Per model and base: how AdaptGrad compares with SmoothGrad on `metric`."""
-    verdicts: dict[str, dict[str, str]] = {}
-    for model in _models(results):
-        grid = _grid(results, model)
-        verdicts[model] = {
-            base: compare(grid[f"{base}/ag"][metric], grid[f"{base}/sg"][metric]).verdict
-            for base in MAIN_BASES
-        }
-    return verdicts
-
-
-def _verdict_sentence(results: Results, metric: str, what: str) -> str:
-    parts = []
-    for model, by_base in _ag_vs_sg(results, metric).items():
-        groups: dict[str, list[str]] = {}
-        for base, verdict in by_base.items():
-            groups.setdefault(verdict, []).append(BASES[base].label)
-        said = [f"{VERDICT[v]} for {', '.join(groups[v])}" for v in VERDICT if v in groups]
-        parts.append(f"on {_model_label(results, model)} AdaptGrad's {what} is " + "; ".join(said))
-    return "; ".join(parts) + "."
 
 
 def _setup(results: Results) -> str:
@@ -216,11 +195,6 @@ def _differences(results: Results) -> str:
             "### AdaptGrad against SmoothGrad, image by image",
             "",
             markdown_table(headers, rows),
-            "",
-            "**Finding (Sparseness).** " + _verdict_sentence(results, "sparseness", "Sparseness"),
-            "",
-            "**Finding (relevance on the object).** "
-            + _verdict_sentence(results, "mass", "relevance mass"),
         ]
     )
 
@@ -429,11 +403,16 @@ def render(results: Results, maps: Mapping[str, np.ndarray], docs: Path) -> Path
             _noise(results),
             _sparseness(results),
             _differences(results),
+            *sparseness_findings(results),
             _ground_truth(results),
+            *ground_truth_findings(results),
             _training_noise(results),
             _sanity(results, "figures/quality-sanity.png"),
+            *sanity_findings(results),
             _convergence(results, "figures/quality-convergence.png"),
+            *convergence_findings(results),
             _sweep(results),
+            *sweep_findings(results),
             _figure_section(grids),
         ]
     )

@@ -29,9 +29,10 @@ from .randomize import cascade
 from .sparseness import sparseness
 
 __all__ = [
-    "METRICS",
+    "Convergence",
     "HeldOut",
     "Log",
+    "cascading_randomisation",
     "convergence",
     "held_out",
     "pooled_maps",
@@ -42,7 +43,6 @@ __all__ = [
 
 Log = Callable[[str], None]
 Scores = dict[str, FloatArray]
-METRICS = ("sparseness", "mass", "rank", "pointing")
 
 
 def _stderr(message: str) -> None:
@@ -131,6 +131,7 @@ def cascading_randomisation(
     settings: Settings,
     log: Log = _stderr,
 ) -> dict[str, dict[Cell, FloatArray]]:
+    """:func:`randomisation` over the cascade of `model` (see :mod:`.randomize`)."""
     return randomisation(reference, cascade(model, settings.seed), data, settings, log)
 
 

@@ -11,6 +11,7 @@ from .stats import Estimate, mean_ci, paired_difference
 __all__ = [
     "Comparison",
     "compare",
+    "error_constant",
     "markdown_table",
     "needed_samples",
     "summarise",
@@ -47,14 +48,12 @@ def compare(first: Values, second: Values) -> Comparison:
     return Comparison(difference, wins)
 
 
-def needed_samples(
-    errors: Mapping[str, Values], reference: int, targets: Sequence[float]
-) -> list[int]:
-    """nt_samples at which the mean relative error falls to each target, from a 1/√n fit.
+def error_constant(errors: Mapping[str, Values], reference: int) -> float:
+    """k in: mean relative error of an n-sample estimate ≈ k·√(1/n + 1/reference).
 
-    The observed error of an n-sample estimate against an independent `reference`-sample one is
-    k·√(1/n + 1/reference) (two independent Monte-Carlo errors); k is averaged over n ≥ 4,
-    where the mean of the error is close to its root-mean-square.
+    The error is measured against an independent `reference`-sample estimate, so it holds two
+    independent Monte-Carlo errors; k is averaged over n ≥ 4, where the mean of the error is
+    close to its root-mean-square.
     """
     ks = [
         mean_ci(values).mean / math.sqrt(1 / int(n) + 1 / reference)
@@ -63,7 +62,14 @@ def needed_samples(
     ]
     if not ks:
         raise ValueError("need errors measured at nt_samples >= 4")
-    k = sum(ks) / len(ks)
+    return sum(ks) / len(ks)
+
+
+def needed_samples(
+    errors: Mapping[str, Values], reference: int, targets: Sequence[float]
+) -> list[int]:
+    """nt_samples at which the mean relative error falls to each target (k²/target²)."""
+    k = error_constant(errors, reference)
     return [math.ceil((k / target) ** 2) for target in targets]
 
 

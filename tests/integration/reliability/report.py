@@ -64,9 +64,10 @@ def _faults(r: dict[str, Any]) -> str:
         (
             "OOM above 8 rows (chunks of 64, 2 concurrent explains)",
             len(oom),
-            f"{sum(o['exact'] for o in oom)}/{sum(o['answers'] for o in oom)} answers exact "
-            f"after {sum(o['oom_events'] for o in oom)} OOM splits; largest call after an "
-            f"OOM {max(o['largest_call_after_oom'] for o in oom)} rows",
+            f"{sum(o['exact'] for o in oom)}/{sum(o['answers'] for o in oom)} answers exact; "
+            f"{sum(o['oom_events'] for o in oom)} OOM splits in all (48 → 24 → 12 → 6 rows in "
+            f"the first run, the halved size is kept); largest call after an OOM "
+            f"{max(o['largest_call_after_oom'] for o in oom)} rows",
         ),
         (
             "client deadline (0.5 s) passes in the queue",
