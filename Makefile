@@ -18,7 +18,7 @@ help:
 	@echo "make test    install and run the whole test suite (lint, types, unit, integration)"
 	@echo "make bench   benchmarks (results in bench/results/, summarised in README.md)"
 	@echo "make bench-gpu  the performance benchmarks on a CUDA device"
-	@echo "make report  explanation quality report (docs/quality.md, docs/figures/; ~15 min)"
+	@echo "make report  explanation quality report (docs/quality.md, docs/figures/; over an hour on 2 cores)"
 	@echo "make soak    long reliability runs (docs/reliability.md; ~20 min, not in CI)"
 	@echo "make stop    stop the server started by make run"
 

@@ -9,7 +9,13 @@ import pytest
 
 from smoothexplain.quality.sparseness import sparseness
 from smoothexplain.quality.stats import Estimate, mean_ci, paired_difference
-from smoothexplain.quality.tables import compare, error_constant, markdown_table, needed_samples
+from smoothexplain.quality.tables import (
+    compare,
+    error_constant,
+    error_slope,
+    markdown_table,
+    needed_samples,
+)
 
 
 def test_constant_values_have_a_degenerate_interval() -> None:
@@ -96,3 +102,9 @@ def test_compare_verdicts_and_table() -> None:
     assert compare([1.0, -1.0, 1.0, -1.0], [0.0, 0.0, 0.0, 0.0]).verdict == "tie"
     assert compare([1.0, 2.0], [0.5, 1.5]).format(1) == "+0.5 [+0.5, +0.5] (100 %)"
     assert markdown_table(["a", "b"], [["1", "2"]]) == "| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+def test_convergence_slope_of_an_exact_monte_carlo_curve() -> None:
+    errors = {str(n): [3.0 / math.sqrt(n)] * 2 for n in (1, 4, 16, 64, 256)}
+    assert error_slope(errors, reference=1024) == pytest.approx(-0.5)
+    assert math.isnan(error_slope({"4": [1.0]}, reference=8))

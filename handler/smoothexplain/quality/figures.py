@@ -131,7 +131,7 @@ def convergence_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], path
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.set_xticks(samples, [str(n) for n in samples])
     ax.set_xlabel("nt_samples", fontsize=8)
     ax.set_ylabel("‖estimate − reference‖ / ‖reference‖", fontsize=8)
     ax.legend(fontsize=7)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any, Final
 
 import numpy as np
@@ -20,10 +19,11 @@ from .findings import (
     ground_truth_findings,
     sanity_findings,
     sparseness_findings,
+    summary,
     sweep_findings,
 )
 from .grid import BASES, Cell
-from .tables import compare, markdown_table, needed_samples, summarise
+from .tables import compare, markdown_table, needed_samples, noise_quantile, summarise
 
 __all__ = ["PAPER_VGG16_SPARSENESS", "render"]
 
@@ -70,24 +70,43 @@ def _grid(results: Results, model: str) -> Mapping[str, Mapping[str, Sequence[fl
     return grid
 
 
+def _duration(meta: Mapping[str, Any]) -> str:
+    wall = f"{meta['seconds'] / 60:.1f} min"
+    if "cpu_seconds" not in meta:
+        return wall
+    # On a shared machine wall time says little; CPU time (both threads) is the cost.
+    return f"{wall} ({meta['cpu_seconds'] / 60:.1f} min of CPU time)"
+
+
+def _training_time(meta: Mapping[str, Any]) -> str:
+    wall = f"{float(meta['train_seconds']):.0f} s"
+    if "train_cpu_seconds" not in meta:
+        return wall
+    return f"{wall} ({float(meta['train_cpu_seconds']):.0f} s CPU)"
+
+
 def _setup(results: Results) -> str:
     meta, plan = results["meta"], results["meta"]["plan"]
     settings = plan["settings"]
     rows = []
     for name, model in results["models"].items():
         m = model["meta"]
-        seconds = m.get("train_seconds", m.get("total_seconds", "?"))
-        rows.append([name, model["label"], f"{100 * m['heldout_accuracy']:.1f} %", f"{seconds} s"])
+        count = m.get("heldout_count") or m.get("config", {}).get("heldout_count", "?")
+        accuracy = f"{100 * m['heldout_accuracy']:.1f} % of {count}"
+        rows.append([name, model["label"], accuracy, _training_time(m)])
     share = summarise(results["mask_share"])
     return "\n".join(
         [
             "## Setup",
             "",
             f"Measured {meta['date']} on {meta['machine']}, torch {meta['torch']}, Quantus "
-            f"{meta['quantus']}; the whole run took {meta['seconds'] / 60:.1f} min. Everything "
-            "is seeded: `make report` reproduces these numbers on the same torch build.",
+            f"{meta['quantus']}; the whole run took {_duration(meta)}. Everything is seeded: "
+            "`make report` reproduces these numbers on the same torch build.",
             "",
-            markdown_table(["model", "what", "held-out accuracy", "training"], rows),
+            markdown_table(["model", "what", "held-out accuracy", "training (wall)"], rows),
+            "",
+            "Wall times depend on what else the machine runs (this one was shared); CPU times, "
+            "where recorded, count both threads.",
             "",
             f"- **Data**: the first {plan['images']} held-out images of the demo data set (seed "
             f"{meta['heldout_seed']}, never seen in training), explained for their true class. "
@@ -116,12 +135,12 @@ def _noise(results: Results) -> str:
     noise = results["noise"]
     sg_out, ag_out = summarise(noise["sg_out"]), summarise(noise["ag_out"])
     ag_sigma = summarise(noise["ag_sigma"])
+    mid_range = 0.5 / noise_quantile(settings["confidence"])  # half the range away from both
     rows = [
         ["SmoothGrad", f"{settings['sigma']} (every feature)", f"{100 * sg_out.mean:.2f} %"],
         [
             "AdaptGrad",
-            f"{ag_sigma.mean:.3f} (mean; 0 at a bound, {0.5 / _z(settings['confidence']):.3f} "
-            "at mid-range)",
+            f"{ag_sigma.mean:.3f} (mean; 0 at a bound, {mid_range:.3f} at mid-range)",
             f"{100 * ag_out.mean:.2f} %",
         ],
     ]
@@ -142,11 +161,6 @@ def _noise(results: Results) -> str:
             "formula at c ≈ 0.975 (for c = 0.95); the c sweep below covers both.",
         ]
     )
-
-
-def _z(confidence: float) -> float:
-    """√2·erfinv(c): AdaptGrad's divisor (the two-sided normal quantile of c)."""
-    return float(NormalDist().inv_cdf((1 + confidence) / 2))
 
 
 def _sparseness(results: Results) -> str:
@@ -252,9 +266,13 @@ def _training_noise(results: Results) -> str:
             markdown_table(headers, rows),
             "",
             f"**Finding.** Noise-augmented training changes SmoothGrad's relevance mass by "
-            f"{sg.format()} and AdaptGrad's by {ag.format()} (paired over the same images). "
-            "A model that never saw noisy inputs is explained by SmoothGrad at inputs it was "
-            "not trained on; its smoothed maps spread over the background.",
+            f"{sg.format()} and AdaptGrad's by {ag.format()} (paired over the same images)."
+            + (
+                " A model that never saw noisy inputs is explained, by both, at inputs unlike "
+                "any it was trained on, and its smoothed maps spread over the background."
+                if sg.verdict == "higher" and ag.verdict == "higher"
+                else ""
+            ),
         ]
     )
 
@@ -333,19 +351,25 @@ def _convergence(results: Results, figure: str) -> str:
 
 def _sweep(results: Results) -> str:
     plan = results["meta"]["plan"]
-    headers = ["setting"]
+    metrics = ("mass", "rank", "pointing", "sparseness")
+    headers = ["setting", "mean σ / range"]
     for model in _models(results):
-        headers += [f"{model}: mass", f"{model}: pointing", f"{model}: sparseness"]
+        headers += [f"{model}: {metric}" for metric in metrics]
+    # AdaptGrad's σᵢ scales with 1 / quantile(c): its mean σ at any c follows from the one at
+    # the report's c.
+    ag_sigma = summarise(results["noise"]["ag_sigma"]).mean
+    base = noise_quantile(plan["settings"]["confidence"])
     rows = []
     for kind, values, name in (
         ("sg", plan["sigmas"], "SG σ = {} × range"),
         ("ag", plan["confidences"], "AG c = {}"),
     ):
         for value in values:
-            row = [name.format(value)]
+            sigma = value if kind == "sg" else ag_sigma * base / noise_quantile(value)
+            row = [name.format(value), f"{sigma:.3f}"]
             for model in _models(results):
                 scores = results["per_model"][model]["sweep"][f"{kind}:{value}"]
-                row += [summarise(scores[m]).format(3) for m in ("mass", "pointing", "sparseness")]
+                row += [summarise(scores[m]).format(3) for m in metrics]
             rows.append(row)
     return "\n".join(
         [
@@ -399,6 +423,7 @@ def render(results: Results, maps: Mapping[str, np.ndarray], docs: Path) -> Path
             "Generated by `make report` (`python -m smoothexplain.quality.run`); do not edit by "
             "hand. Smoothing method names as in the AdaptGrad paper (Zhou et al., 2024): "
             "S- = SmoothGrad, A- = AdaptGrad, GI = input×gradient, GBP = guided backprop.",
+            *summary(results),
             _setup(results),
             _noise(results),
             _sparseness(results),

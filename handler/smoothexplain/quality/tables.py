@@ -5,6 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
 
 from .stats import Estimate, mean_ci, paired_difference
 
@@ -12,8 +15,10 @@ __all__ = [
     "Comparison",
     "compare",
     "error_constant",
+    "error_slope",
     "markdown_table",
     "needed_samples",
+    "noise_quantile",
     "summarise",
 ]
 
@@ -65,12 +70,30 @@ def error_constant(errors: Mapping[str, Values], reference: int) -> float:
     return sum(ks) / len(ks)
 
 
+def error_slope(errors: Mapping[str, Sequence[float]], reference: int) -> float:
+    """Least-squares slope of log(mean error) against log(n) over 4 ≤ n ≤ reference/8, where
+    the reference's own error adds at most 6 % (all n when that leaves fewer than two)."""
+    points = {int(n): math.log(summarise(v).mean) for n, v in errors.items()}
+    chosen = [n for n in points if 4 <= n <= reference // 8]
+    chosen = chosen if len(chosen) >= 2 else list(points)
+    if len(chosen) < 2:
+        return float("nan")
+    x = np.log(np.array(chosen, dtype=np.float64))
+    y = np.array([points[n] for n in chosen])
+    return float(np.polyfit(x, y, 1)[0])
+
+
 def needed_samples(
     errors: Mapping[str, Values], reference: int, targets: Sequence[float]
 ) -> list[int]:
     """nt_samples at which the mean relative error falls to each target (k²/target²)."""
     k = error_constant(errors, reference)
     return [math.ceil((k / target) ** 2) for target in targets]
+
+
+def noise_quantile(confidence: float) -> float:
+    """√2·erfinv(c), AdaptGrad's divisor: the two-sided standard-normal quantile of c."""
+    return NormalDist().inv_cdf((1 + confidence) / 2)
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

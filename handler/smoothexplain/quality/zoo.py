@@ -88,6 +88,9 @@ def _train(variant: Variant, out_dir: Path, seed: int) -> dict[str, object]:
         loss = _fit(model, data, cfg, generator)
         model.to(memory_format=torch.contiguous_format)
         accuracy, _ = evaluate(model, heldout)
+        # For permuted labels this says whether the network memorised them (Adebayo et al.
+        # train theirs to fit the random labels).
+        train_accuracy, _ = evaluate(model, data)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out_dir / _WEIGHTS)
     meta: dict[str, object] = {
@@ -97,6 +100,7 @@ def _train(variant: Variant, out_dir: Path, seed: int) -> dict[str, object]:
         "config": asdict(cfg),
         "seed": seed,
         "heldout_accuracy": accuracy,
+        "train_accuracy": train_accuracy,
         "final_train_loss": loss,
         "train_seconds": round(time.perf_counter() - start, 1),
         # CPU time says more than wall time on a shared machine (both threads counted).
