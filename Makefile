@@ -64,7 +64,7 @@ test: install lint model
 
 # Performance benchmarks on CPU (about 15 min on 2 cores), then README tables + plots.
 PERF_BENCH := engine fusion memory serving
-bench: install
+bench: install model
 	for b in $(PERF_BENCH); do $(BIN)/python bench/$$b.py; done
 	$(BIN)/python bench/ig_sampling.py  # smoothed IG error vs passes (~5 min on 2 idle cores)
 	$(BIN)/python bench/sampling.py     # iid / antithetic / QMC / adaptive stopping (~15 min)
@@ -73,8 +73,8 @@ bench: install
 
 # The same on a CUDA device (ResNet-50 TF32/bf16/channels_last, cudnn.benchmark); without one,
 # a CPU smoke run of the same code paths (nothing written to bench/results/).
-bench-gpu: install
-	for b in $(PERF_BENCH); do $(BIN)/python bench/$$b.py --device cuda; done
+bench-gpu: install model
+	for b in $(PERF_BENCH) precision sampling; do $(BIN)/python bench/$$b.py --device cuda; done
 	$(BIN)/python bench/report.py
 
 # Long reliability runs (not in CI; about 20 min on 2 cores): bad-input corpus under load, load

@@ -31,15 +31,29 @@ def sampling_table(record: dict[str, Any]) -> str:
             f"{match[s]:.1f}" if match[s] is not None else "> 50"
             for s in ("iid", "antithetic", "qmc")
         ]
-        iid50 = (
-            row["curves"]["iid"]["50"]["rel_l2"]
-            if "50" in row["curves"]["iid"]
-            else row["curves"]["iid"][50]["rel_l2"]
-        )
+        iid50 = row["curves"]["iid"]["50"]["rel_l2"]
         lines.append(
             f"| {name} | {' | '.join(cells)} | {stop['mean_samples']:.1f} "
             f"({stop['mean_rel_l2']:.3f}) | {iid50:.3f} | "
             f"{row['reference_rel_error']:.3f} |"
+        )
+    lines += [
+        "",
+        "Error and rank correlation with the reference at 25 and 50 passes "
+        "(iid / antithetic / QMC):",
+        "",
+        "| model / method | rel. L2 at 25 | rel. L2 at 50 | Spearman ρ at 25 | Spearman ρ at 50 |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in record["results"].items():
+        curves = row["curves"]
+
+        def cell(n: str, key: str, curves: dict[str, Any] = curves) -> str:
+            return " / ".join(f"{curves[s][n][key]:.3f}" for s in ("iid", "antithetic", "qmc"))
+
+        lines.append(
+            f"| {name} | {cell('25', 'rel_l2')} | {cell('50', 'rel_l2')} | "
+            f"{cell('25', 'spearman')} | {cell('50', 'spearman')} |"
         )
     return "\n".join(lines)
 
@@ -52,13 +66,16 @@ def precision_table(record: dict[str, Any]) -> str:
         f"{settings['ig_n_steps']} steps, same seed for every precision, median of "
         f"{settings['repeats']} interleaved runs.",
         "",
-        "| method | precision | median s | speed-up vs fp32 | relative L2 error vs fp32 |",
-        "|---|---|---|---|---|",
+        "| method | precision | median s | speed-up vs fp32 | relative L2 error vs fp32 "
+        "| fp32 with another seed (Monte-Carlo spread) |",
+        "|---|---|---|---|---|---|",
     ]
     for method, rows in record["results"].items():
         for precision, row in rows.items():
+            spread = row.get("rel_l2_other_seed")
             lines.append(
                 f"| {method} | {precision} | {row['median_s']:.2f} | "
-                f"{row['speedup_vs_fp32']:.2f}× | {row['rel_l2_vs_fp32']:.4f} |"
+                f"{row['speedup_vs_fp32']:.2f}× | {row['rel_l2_vs_fp32']:.4f} | "
+                f"{'—' if spread is None else f'{spread:.4f}'} |"
             )
     return "\n".join(lines)

@@ -11,12 +11,12 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-__all__ = ["PLOTTERS"]
+__all__ = ["PLOTTERS", "plt", "save_figure"]
 
 MIB = 1024 * 1024
 
 
-def _save(fig: Any, path: Path, title: str) -> None:
+def save_figure(fig: Any, path: Path, title: str) -> None:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -42,20 +42,23 @@ def engine_plot(record: dict[str, Any], path: Path) -> None:
     ax.set_xticks([j + width for j in range(len(cases))], labels, fontsize=8)
     ax.set_ylabel("time / bare forward+backward floor")
     ax.legend(fontsize=8)
-    _save(fig, path, "Engine overhead (lower is better)")
+    save_figure(fig, path, "Engine overhead (lower is better)")
 
 
 def fusion_plot(record: dict[str, Any], path: Path) -> None:
     cases = record["cases"]
     ks = [c["k"] for c in cases]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("one_at_a_time", "fused"):
-        ax.plot(ks, [c["requests_per_s"][name] for c in cases], "o-", label=name.replace("_", " "))
+    for name in cases[0]["requests_per_s"]:
+        style = "o-" if name.startswith("fused") else "s--"
+        ax.plot(ks, [c["requests_per_s"][name] for c in cases], style, label=name.replace("_", " "))
     ax.set_xlabel("concurrent requests k")
     ax.set_ylabel("requests / s")
     ax.set_xticks(ks)
     ax.legend(fontsize=8)
-    _save(fig, path, f"Cross-request fusion, nt_samples {record['settings']['nt_samples']} each")
+    save_figure(
+        fig, path, f"Cross-request fusion, nt_samples {record['settings']['nt_samples']} each"
+    )
 
 
 def memory_plot(record: dict[str, Any], path: Path) -> None:
@@ -68,7 +71,7 @@ def memory_plot(record: dict[str, Any], path: Path) -> None:
     ax.set_ylabel(f"{s['measure']} (MiB)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-    _save(fig, path, f"Peak memory, nt_samples_batch_size {s['nt_samples_batch_size']}")
+    save_figure(fig, path, f"Peak memory, nt_samples_batch_size {s['nt_samples_batch_size']}")
 
 
 def serving_plot(record: dict[str, Any], path: Path) -> None:
@@ -81,7 +84,7 @@ def serving_plot(record: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("median latency (s)")
         ax.set_title(name, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
-    _save(fig, path, "Explain latency: engine alone vs through TorchServe")
+    save_figure(fig, path, "Explain latency: engine alone vs through TorchServe")
 
 
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], None]] = {

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+from efficiency_plots import precision_plot, sampling_plot
 from efficiency_tables import precision_table, sampling_table
 from ig_table import ig_sampling_table
 from plots import PLOTTERS
@@ -16,12 +17,18 @@ from tables import RENDERERS
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEVICES = ("cpu", "cuda")
-# Results that are not timings (no device suffix; the benchmark writes its own plot).
+# Results without a device suffix, with their plot (ig-sampling's benchmark draws its own).
 UNTIMED = {
-    "ig-sampling": ig_sampling_table,
-    "sampling": sampling_table,
-    "precision": precision_table,
+    "ig-sampling": (ig_sampling_table, None),
+    "sampling": (sampling_table, sampling_plot),
+    "precision": (precision_table, precision_plot),
 }
+
+
+def _fill(text: str, name: str, table: str) -> str:
+    """Replace the README block `<!-- bench:NAME -->` … `<!-- /bench:NAME -->` with `table`."""
+    pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
+    return pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
 
 
 def main() -> int:
@@ -31,19 +38,18 @@ def main() -> int:
         for device in DEVICES:
             name = f"{base}-{device}"
             path = RESULTS / f"{name}.json"
-            if not path.is_file():
-                continue
-            record = json.loads(path.read_text())
-            table = render(record)
-            pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
-            text = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text)
-            PLOTTERS[base](record, RESULTS / f"{name}.png")
-    for name, render in UNTIMED.items():
-        path = RESULTS / f"{name}.json"
-        if path.is_file():
-            table = render(json.loads(path.read_text()))
-            pattern = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.S)
-            text = pattern.sub(lambda m, t=table: m.group(1) + t + "\n" + m.group(2), text)
+            if path.is_file():
+                record = json.loads(path.read_text())
+                text = _fill(text, name, render(record))
+                PLOTTERS[base](record, RESULTS / f"{name}.png")
+    for base, (render_untimed, plot) in UNTIMED.items():
+        for name in (base, f"{base}-cuda"):  # the CPU result keeps the plain name
+            path = RESULTS / f"{name}.json"
+            if path.is_file():
+                record = json.loads(path.read_text())
+                text = _fill(text, name, render_untimed(record))
+                if plot is not None:
+                    plot(record, RESULTS / f"{name}.png")
     readme.write_text(text)
     return 0
 

@@ -94,8 +94,7 @@ def _explain(
     return result.attribution, result.samples
 
 
-def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
-    device = resolve_device(args)
+def run(args: argparse.Namespace, device: torch.device, save: Any = None) -> dict[str, Any]:
     passes = [8, 16, 25, 32, 50]
     out: dict[str, Any] = {}
     for name, setup in _models(args, device).items():
@@ -223,20 +222,22 @@ def main() -> None:
     parser.add_argument("--resnet-size", type=int, default=112)
     parser.add_argument("--methods", nargs="+", default=["gradient", "input_x_gradient"])
     args = parser.parse_args()
+    device = resolve_device(args)
     if args.smoke:
         args.inputs, args.reps, args.reference, args.resnet_size = 1, 1, 64, 32
 
     def save(results: dict[str, Any]) -> None:
         record = {
             "benchmark": "sample efficiency",
-            "machine": machine(),
-            "settings": {k: str(v) for k, v in vars(args).items() if k != "out"},
+            "machine": machine(device),
+            "settings": {k: v for k, v in vars(args).items() if k != "out"},
             "results": results,
         }
         if not getattr(args, "fallback", False):
-            write(args.out or RESULTS / "sampling.json", record)
+            suffix = "" if device.type == "cpu" else "-cuda"
+            write(args.out or RESULTS / f"sampling{suffix}.json", record)
 
-    save(run(args, save))
+    save(run(args, device, save))
 
 
 if __name__ == "__main__":

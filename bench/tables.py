@@ -77,20 +77,32 @@ def fusion_table(record: dict[str, Any]) -> str:
     lines = [
         f"{measured_on(record)}. {s['model']}, input {s['input']}, nt_samples {s['nt_samples']} "
         f"per request, nt_samples_batch_size {s['nt_samples_batch_size']} rows, median of "
-        f"{s['repeats']} interleaved rounds.",
+        f"{s['repeats']} interleaved rounds. *Default*: every pass one model call; *tuned*: "
+        "`tune_pass_rows` on, long-lived and warm (the call sizes it chose in brackets).",
         "",
-        "| concurrent requests k | rows | one at a time, req/s | fused, req/s "
-        "| fused / one at a time (wall) | same, fastest CPU times | max abs difference |",
-        "|---|---|---|---|---|---|---|",
+        "| k | rows | default: one at a time, req/s | default: fused, req/s "
+        "| **default: fused / one at a time** (fastest CPU times) "
+        "| tuned: one at a time, req/s | tuned: fused, req/s | **tuned: fused / one at a time** "
+        "| max abs difference |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for case in record["cases"]:
         rps, r = case["requests_per_s"], case["results"]
         cpu = None
         if r["fused"].get("cpu_runs_s"):  # fastest rounds' CPU times, as in the engine table
             cpu = min(r["one_at_a_time"]["cpu_runs_s"]) / min(r["fused"]["cpu_runs_s"])
+        calls = {
+            name: "/".join(str(n) for n in sorted(set(rows), reverse=True))
+            for name, rows in case.get("call_rows", {}).items()
+        }
+        tuned = [
+            f"{rps[name]:.2f} ({calls.get(name, '—')})" if name in rps else "—"
+            for name in ("one_at_a_time_tuned", "fused_tuned")
+        ]
         lines.append(
             f"| {case['k']} | {case['rows']} | {rps['one_at_a_time']:.2f} | {rps['fused']:.2f} | "
-            f"{case['throughput_ratio']:.3f} | {f'{cpu:.3f}' if cpu else '—'} | "
+            f"{case['throughput_ratio']:.3f} ({f'{cpu:.3f}' if cpu else '—'}) | "
+            f"{tuned[0]} | {tuned[1]} | {case.get('throughput_ratio_tuned', float('nan')):.3f} | "
             f"{case['max_abs_difference']:.1e} |"
         )
     return "\n".join(lines)

@@ -72,6 +72,7 @@ class ServingConfig:
     labels: str = "index_to_name.json"
     nt_samples_batch_size: int = 32  # rows per forward + backward pass
     memory_budget_mb: int | None = None  # lowers the rows per pass to fit (probed per shape)
+    tune_pass_rows: bool = False  # calls of the measured-fastest size (answers vary ~1e-7)
     preprocess: Preprocess = Preprocess()
     defaults: Defaults = Defaults()
     limits: Limits = Limits()

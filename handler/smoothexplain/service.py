@@ -109,7 +109,10 @@ class ExplainService:
         budget = config.memory_budget_mb
         self.budget = Budgeted(model)  # the engine's model calls stop once the time is up
         self.scheduler = Scheduler(
-            self.budget, config.nt_samples_batch_size, None if budget is None else budget * 2**20
+            self.budget,
+            config.nt_samples_batch_size,
+            None if budget is None else budget * 2**20,
+            tune_pass_rows=config.tune_pass_rows,
         )
 
     def handle(self, batch: Sequence[Incoming]) -> list[Outgoing]:

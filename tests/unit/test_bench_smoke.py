@@ -3,6 +3,7 @@ their results render into README tables and plots. Speed itself is never asserte
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -26,14 +27,18 @@ def _run(script: str, out: Path, *extra: str) -> dict[str, Any]:
     return record
 
 
-@pytest.fixture(scope="module")
-def renderers() -> Any:
+def _bench_modules(*names: str) -> list[Any]:
+    """Modules of bench/ (a folder of scripts, not a package)."""
     sys.path.insert(0, str(BENCH))
     try:
-        import plots
-        import tables
+        return [importlib.import_module(name) for name in names]
     finally:
         sys.path.remove(str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def renderers() -> Any:
+    tables, plots = _bench_modules("tables", "plots")
     return tables.RENDERERS, plots.PLOTTERS
 
 
@@ -82,3 +87,34 @@ def test_memory_bench_measures_each_setting_in_its_own_process(
         assert all(r["peak_rss"] >= r["rss_before"] > 0 for r in runs)
         assert result["peak_ratio"] == runs[-1]["peak_rss"] / runs[0]["peak_rss"]
     assert "peak at 8 / peak at 4" in _render(renderers, "memory", record, tmp_path)
+
+
+@pytest.fixture(scope="module")
+def efficiency() -> Any:
+    return _bench_modules("efficiency_tables", "efficiency_plots")
+
+
+def test_sampling_bench_compares_every_scheme(efficiency: Any, tmp_path: Path) -> None:
+    record = _run("sampling.py", tmp_path / "sampling.json")
+    assert len(record["results"]) == 4  # (demo, resnet18) × (gradient, input×gradient)
+    for row in record["results"].values():
+        assert set(row["curves"]) == {"iid", "antithetic", "qmc"}
+        assert row["passes_to_match_iid50"]["iid"] == pytest.approx(50.0)
+        stop = row["adaptive_stopping"]
+        assert 8 <= stop["mean_samples"] <= 200 and stop["mean_rel_l2"] > 0
+    tables, plots = efficiency
+    plots.sampling_plot(record, tmp_path / "sampling.png")
+    assert (tmp_path / "sampling.png").read_bytes().startswith(b"\x89PNG")
+    text = tables.sampling_table(record)
+    assert text.count("| demo (ShapesNet 64²) / gradient |") == 2  # both tables
+
+
+def test_precision_bench_reports_error_per_method(efficiency: Any, tmp_path: Path) -> None:
+    record = _run("precision.py", tmp_path / "precision.json")
+    for rows in record["results"].values():
+        assert rows["fp32"]["rel_l2_vs_fp32"] == 0.0
+        assert 0.0 < rows["bf16"]["rel_l2_vs_fp32"] < 1.0  # autocast ran, answer still close
+    tables, plots = efficiency
+    plots.precision_plot(record, tmp_path / "precision.png")
+    assert (tmp_path / "precision.png").read_bytes().startswith(b"\x89PNG")
+    assert "| guided_backprop | bf16 |" in tables.precision_table(record)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from smoothexplain import ExplainJob, InvalidArgument, Scheduler, explain, make_spec
+from smoothexplain.engine.aggregate import Moments
 from smoothexplain.engine.noise import NoiseStream, make_generator
+from smoothexplain.engine.stopping import relative_standard_error
 from smoothexplain.spec import NoiseSampling
 
 from .analytic import PolyScores, small_cnn
@@ -141,3 +145,16 @@ def test_new_arguments_are_validated(kwargs: dict[str, object], field: str) -> N
     with pytest.raises(InvalidArgument) as info:
         explain(small_cnn(), _x(), 0, **kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
+
+
+def test_relative_standard_error_by_hand() -> None:
+    # Samples 1 and 3: mean 2, s² = 2, SE² = 1; ‖E[mean]‖² is estimated as 2² − SE² = 3.
+    moments = Moments()
+    moments.add(torch.tensor([[1.0], [3.0]]))
+    assert relative_standard_error(moments) == pytest.approx(math.sqrt(1 / 3))
+    constant = Moments()
+    constant.add(torch.full((4, 2), 5.0))
+    assert relative_standard_error(constant) == 0.0
+    noise_only = Moments()
+    noise_only.add(torch.tensor([[-1.0], [1.0]]))
+    assert relative_standard_error(noise_only) == math.inf

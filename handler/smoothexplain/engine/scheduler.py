@@ -9,6 +9,7 @@ answer depends neither on the chunk size nor on its batch-mates.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .aggregate import Moments
 from .joint import joint_alphas, joint_rows, point_attributions
 from .methods import finish_sample, guided_relus
 from .noise import NoiseStream, make_generator, noise_scale
+from .pass_tuning import PassTuner
 from .quadrature import path_points
 from .stopping import relative_standard_error
 
@@ -179,11 +181,17 @@ class Scheduler:
     """Runs explain jobs through `model` in chunks of at most `chunk_rows` rows (None: no bound).
 
     A chunk that runs out of memory is halved and retried (down to one row), and the smaller
-    size is kept for every later chunk of this scheduler.
+    size is kept for every later chunk of this scheduler. With `tune_pass_rows` the rows of
+    each model call are the size (`chunk_rows` or one of its halvings) measured fastest per row
+    for that kind of row (`PassTuner`); a long-lived scheduler learns it once.
     """
 
     def __init__(
-        self, model: Model, chunk_rows: int | None = None, memory_budget: int | None = None
+        self,
+        model: Model,
+        chunk_rows: int | None = None,
+        memory_budget: int | None = None,
+        tune_pass_rows: bool = False,
     ) -> None:
         if chunk_rows is not None and (isinstance(chunk_rows, bool) or chunk_rows < 1):
             raise InvalidArgument(
@@ -198,6 +206,9 @@ class Scheduler:
         self.stats = SchedulerStats()
         self.row_bytes: dict[tuple[object, ...], int] = {}  # probed cost per row, by row kind
         self._precision = Precision.FP32
+        self._kind: tuple[object, ...] = ()  # the group being run, for the pass tuner
+        self.tuner = PassTuner() if tune_pass_rows else None
+        self._chunk_cap = 0  # rows the chunker packs per chunk (the tuner's largest candidate)
 
     def _row_limit(self, run: _Run) -> int | None:
         """Rows per call: `chunk_rows`, lowered to fit `memory_budget` when one is set."""
@@ -230,6 +241,7 @@ class Scheduler:
                 else nullcontext()
             )
             self._precision = group[0].spec.precision
+            self._kind = _group_key(group[0])
             with gate:
                 for pieces, rows in self._chunks(group):
                     self._process(pieces, rows)
@@ -243,6 +255,7 @@ class Scheduler:
             rows: list[torch.Tensor] = []
             pieces: list[_Piece] = []
             space = self._row_limit(current) or total  # per chunk: an OOM split may shrink it
+            self._chunk_cap = space
             while space and current is not None:
                 if current.remaining:  # 0 when adaptive stopping ended it early
                     block, taken = current.take(min(space, current.remaining))
@@ -271,7 +284,8 @@ class Scheduler:
         parts: list[torch.Tensor] = []
         start, count = 0, rows.shape[0]
         while start < count:
-            size = min(self.chunk_rows or count, count - start)
+            size = min(self._call_rows(count - start), count - start)
+            began = time.perf_counter()
             grads = self._try_gradients(rows[start : start + size], targets[start : start + size])
             if grads is None:  # out of memory: halve, remember, retry the same rows
                 if size == 1:
@@ -283,10 +297,22 @@ class Scheduler:
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 continue
+            if self.tuner is not None:
+                if grads.is_cuda:
+                    torch.cuda.synchronize(grads.device)
+                self.tuner.record(self._kind, size, time.perf_counter() - began)
             parts.append(grads)
             self.stats.chunk_rows.append(size)
             start += size
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _call_rows(self, rows_left: int) -> int:
+        """Rows for the next model call: `chunk_rows`, or the tuner's pick below it."""
+        if self.chunk_rows is None:
+            return rows_left
+        if self.tuner is None:
+            return self.chunk_rows
+        return self.tuner.choose(self._kind, min(self.chunk_rows, self._chunk_cap), rows_left)
 
     def _try_gradients(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         try:
@@ -399,8 +425,10 @@ def _accumulate(piece: _Piece, grads: torch.Tensor) -> None:
     if piece.block:
         _accumulate_joint(piece, grads)
         return
-    w = run.weights[piece.first_step : piece.end_step].view(-1, *([1] * run.x.dim()))
-    partial = (grads.to(torch.float64) * w).sum(dim=0)
+    # The few path points of a piece are summed in the gradients' precision (one matrix
+    # product, no float64 copy of every row); pieces and samples add up in float64.
+    w = run.weights[piece.first_step : piece.end_step].to(grads.dtype)
+    partial = torch.tensordot(w, grads, dims=1).to(torch.float64)
     run.path_sum = (
         partial if piece.first_step == 0 or run.path_sum is None else run.path_sum + partial
     )
