@@ -30,7 +30,10 @@ def sampling_plot(record: dict[str, Any], path: Path) -> None:
         ax.axvline(25, color="grey", linestyle=":", linewidth=0.8, label="target: 25 passes")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.minorticks_off()  # log axes: label only the ticks set here
         ax.set_xticks([8, 16, 25, 32, 50], ["8", "16", "25", "32", "50"])
+        ticks = [0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5]
+        ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
         ax.set_xlabel("forward+backward passes")
         ax.set_ylabel("relative L2 error vs reference")
         ax.set_title(name, fontsize=8)

@@ -17,7 +17,7 @@ __all__ = ["PassTuner"]
 
 TRIALS = 3  # timed calls per candidate before it can be chosen
 WINDOW = 5  # recent timings kept per candidate
-REVISIT_EVERY = 32  # calls between re-measurements of the stalest other candidate
+REVISIT_EVERY = 100  # calls between re-measurements of the stalest other candidate (~1 % cost)
 HALVINGS = 3  # candidates: cap, cap/2, cap/4, cap/8
 
 
