@@ -118,3 +118,25 @@ def test_precision_bench_reports_error_per_method(efficiency: Any, tmp_path: Pat
     plots.precision_plot(record, tmp_path / "precision.png")
     assert (tmp_path / "precision.png").read_bytes().startswith(b"\x89PNG")
     assert "| guided_backprop | bf16 |" in tables.precision_table(record)
+
+
+def test_ig_sampling_bench_runs_and_renders(tmp_path: Path) -> None:
+    out = tmp_path / "ig-sampling.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "ig_sampling.py"),
+            *("--out", str(out), "--plot", str(tmp_path / "ig.png"), "--models", "demo"),
+            *("--trials", "1", "--reference-passes", "256", "--budgets", "100"),
+            *("--joint-budgets", "25", "100", "--splits", "2", "4"),
+            *("--wide-splits", "10", "--wide-budgets", "100"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    record = json.loads(out.read_text())
+    assert list(record["results"]) == ["demo"]
+    assert (tmp_path / "ig.png").read_bytes().startswith(b"\x89PNG")
+    (ig_table,) = _bench_modules("ig_table")
+    assert "| demo |" in ig_table.ig_sampling_table(record)
