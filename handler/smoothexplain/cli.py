@@ -18,6 +18,7 @@ import argparse
 import io
 import sys
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeAlias
 
@@ -32,7 +33,7 @@ from .client import ExplainError, SmoothExplainClient, attribution
 from .errors import InvalidArgument, SmoothExplainError
 from .heatmap import heatmap_png, overlay_png
 from .serve import add_serve, add_stop
-from .spec import IgRule, IgSampling, Method, NoiseKind, NtType
+from .spec import IgRule, IgSampling, Method, NoiseKind, NoiseSampling, NtType, Precision
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -66,8 +67,8 @@ def _connection_options() -> argparse.ArgumentParser:
     return parent
 
 
-def _values(kind: type[Method | NtType | NoiseKind | IgRule | IgSampling]) -> list[str]:
-    return [member.value for member in kind]
+def _values(kind: type[StrEnum]) -> list[str]:
+    return [str(member.value) for member in kind]
 
 
 def add_explain(subparsers: Subparsers) -> None:
@@ -92,6 +93,19 @@ def add_explain(subparsers: Subparsers) -> None:
         "--ig-sampling",
         choices=_values(IgSampling),
         help="smoothed IG: grid (n_steps rows per noise sample) or joint (one row per sample)",
+    )
+    opts.add_argument(
+        "--noise-sampling",
+        choices=_values(NoiseSampling),
+        help="how noise samples are drawn: iid, antithetic pairs or scrambled Sobol (qmc)",
+    )
+    opts.add_argument(
+        "--tolerance",
+        type=float,
+        help="stop drawing samples once the estimated relative error is <= this (0, 1]",
+    )
+    opts.add_argument(
+        "--precision", choices=_values(Precision), help="autocast of the model passes"
     )
     opts.add_argument("--baseline", type=float, help="constant IG baseline (model-input units)")
     opts.add_argument("--convergence-delta", action="store_true", help="IG convergence delta")
@@ -186,6 +200,9 @@ def run_explain(args: argparse.Namespace) -> int:
             n_steps=args.n_steps,
             ig_rule=args.ig_rule,
             ig_sampling=args.ig_sampling,
+            noise_sampling=args.noise_sampling,
+            tolerance=args.tolerance,
+            precision=args.precision,
             return_convergence_delta=args.convergence_delta,
             baseline=args.baseline,
             encoding="float32_and_png" if args.out else "float32",

@@ -267,6 +267,8 @@ _ENUM_OPTIONS: tuple[tuple[str, Any, str], ...] = (
     ("noise", pb.Noise, "NOISE_"),
     ("ig_rule", pb.IgRule, "IG_RULE_"),
     ("ig_sampling", pb.IgSampling, "IG_SAMPLING_"),
+    ("noise_sampling", pb.NoiseSampling, "NOISE_SAMPLING_"),
+    ("precision", pb.Precision, "PRECISION_"),
     ("encoding", pb.Encoding, "ENCODING_"),
 )
 _SCALAR_OPTIONS = (
@@ -277,6 +279,7 @@ _SCALAR_OPTIONS = (
     "seed",
     "n_steps",
     "baseline",
+    "tolerance",
     "return_convergence_delta",
 )
 
@@ -454,6 +457,9 @@ class SmoothExplainClient:
         n_steps: int | None = None,
         ig_rule: str | None = None,
         ig_sampling: str | None = None,
+        noise_sampling: str | None = None,
+        tolerance: float | None = None,
+        precision: str | None = None,
         return_convergence_delta: bool = False,
         baseline: float | None = None,
         encoding: str | None = None,
@@ -464,9 +470,11 @@ class SmoothExplainClient:
         Enum options take the lower-case names of the proto values: method "gradient",
         "input_x_gradient", "integrated_gradients", "guided_backprop"; nt_type "none",
         "smoothgrad", "smoothgrad_sq", "vargrad"; noise "gaussian", "adaptive"; ig_rule
-        "gausslegendre", "riemann_left", ...; ig_sampling "grid", "joint"; encoding "float32",
-        "float16", "png", "float32_and_png". A bad value raises `InvalidArgument` before any
-        network call.
+        "gausslegendre", "riemann_left", ...; ig_sampling "grid", "joint"; noise_sampling "iid",
+        "antithetic", "qmc"; precision "fp32", "bf16", "fp16"; encoding "float32", "float16",
+        "png", "float32_and_png". `tolerance` stops sampling early (the samples used and the
+        error estimate come back as `nt_samples` and `relative_error`). A bad value raises
+        `InvalidArgument` before any network call.
         `target` defaults to the top-1 class; the same `seed` gives the same attribution.
         """
         options = _options(
@@ -476,6 +484,8 @@ class SmoothExplainClient:
                 "noise": noise,
                 "ig_rule": ig_rule,
                 "ig_sampling": ig_sampling,
+                "noise_sampling": noise_sampling,
+                "precision": precision,
                 "encoding": encoding,
                 "nt_samples": nt_samples,
                 "stdevs": stdevs,
@@ -484,6 +494,7 @@ class SmoothExplainClient:
                 "seed": seed,
                 "n_steps": n_steps,
                 "baseline": baseline,
+                "tolerance": tolerance,
                 "return_convergence_delta": return_convergence_delta,
             }
         )

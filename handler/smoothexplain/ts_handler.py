@@ -79,7 +79,13 @@ class SmoothExplainHandler:
         metrics = ServiceMetrics(name, device)  # files under $PROMETHEUS_MULTIPROC_DIR when set
         timeout = _response_timeout(context)
         self.service = ExplainService(model, config, labels, device, name, metrics, timeout)
-        log.info("smoothexplain model %s ready on %s", name, device)
+        log.info(
+            "smoothexplain model %s ready on %s (torch threads %d, inter-op %d)",
+            name,
+            device,
+            torch.get_num_threads(),
+            torch.get_num_interop_threads(),
+        )
 
     def handle(self, data: Sequence[Mapping[str, Any]], context: Any) -> list[bytes | str]:
         if self.service is None:

@@ -265,6 +265,22 @@ def test_enum_strings_map_to_proto_values(servers: Servers) -> None:
     assert ig.rows == 5 and ig.HasField("convergence_delta")
 
 
+def test_sampling_tolerance_and_precision_reach_the_engine(servers: Servers) -> None:
+    x = torch.randn(3, 8, 8)
+    with servers.client("grpc") as client:
+        stopped = client.explain(MODEL, x, seed=1, nt_samples=64, tolerance=0.5)
+        qmc = client.explain(MODEL, x, seed=1, nt_samples=8, noise_sampling="qmc")
+        iid = client.explain(MODEL, x, seed=1, nt_samples=8, noise_sampling="iid")
+        low = client.explain(MODEL, x, seed=1, nt_samples=8, precision="bf16")
+    assert 8 <= stopped.nt_samples < 64 and 0 < stopped.relative_error <= 0.5
+    assert stopped.options.tolerance == 0.5
+    assert qmc.options.noise_sampling == pb.NOISE_SAMPLING_QMC
+    assert not torch.equal(attribution(qmc), attribution(iid))
+    assert low.options.precision == pb.PRECISION_BF16
+    close = float((attribution(low) - attribution(iid)).norm() / attribution(iid).norm())
+    assert 0 < close < 0.1  # autocast ran; the map stays near fp32's
+
+
 def test_predict_has_no_attribution(servers: Servers) -> None:
     with servers.client("rest") as client:
         response = client.predict(MODEL, _png(), top_k=4)
@@ -339,6 +355,9 @@ def test_unreachable_server_is_unavailable(servers: Servers) -> None:
         ({"noise": "uniform"}, "options.noise"),
         ({"ig_rule": "simpson"}, "options.ig_rule"),
         ({"encoding": "jpeg"}, "options.encoding"),
+        ({"noise_sampling": "sobol"}, "options.noise_sampling"),
+        ({"precision": "fp8"}, "options.precision"),
+        ({"tolerance": "small"}, "options.tolerance"),
         ({"nt_samples": -1}, "options.nt_samples"),
         ({"target": "cat"}, "target"),
     ],
@@ -503,6 +522,11 @@ def test_cli_choices_come_from_the_spec_enums() -> None:
     parser = build_parser()
     args = parser.parse_args(["explain", "x.png", "--model", "m", "--method", "guided_backprop"])
     assert args.method == Method.GUIDED_BACKPROP
+    extra = ["--noise-sampling", "antithetic", "--precision", "bf16", "--tolerance", "0.2"]
+    args = parser.parse_args(["explain", "x.png", "--model", "m", *extra])
+    assert (args.noise_sampling, args.precision, args.tolerance) == ("antithetic", "bf16", 0.2)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["explain", "x.png", "--model", "m", "--precision", "fp8"])
     with pytest.raises(SystemExit) as caught:
         parser.parse_args(["explain", "x.png", "--model", "m", "--method", "occlusion"])
     assert caught.value.code == 2
