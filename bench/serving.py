@@ -7,7 +7,9 @@ its `/explanations` runs Captum IntegratedGradients (n_steps 15, target 0) and a
 JSON list. We answer the same computation (IG, n_steps 15, no noise, target 0) beside it.
 
 Latency is the client's wall time for one request, sent alone (no batch delay), including
-building the request and decoding the answer into a float32 tensor.
+building the request and decoding the answer into a float32 tensor. Our workers run with the
+default `keep_freed_memory`, so this process applies the same malloc settings before the engine
+runs alone (without them the engine alone pays page faults the workers do not).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from smoothexplain import explain
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
+from smoothexplain.allocator import keep_freed_memory
 from smoothexplain.codec import GRPC_KEY, image_to_tensor, message_to_tensor
 from smoothexplain.config import parse_config
 from smoothexplain.demo import load_model, render_sample
@@ -350,6 +353,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (≥ 3)")
     args = parser.parse_args()
     device = resolve_device(args)
+    keep_freed_memory()  # as our TorchServe workers do (model config default)
     # Short path: TorchServe's worker sockets live under it (108-byte Unix socket limit).
     with tempfile.TemporaryDirectory(prefix="sebench-") as tmp:
         record = run(args, device, Path(tmp))

@@ -73,6 +73,7 @@ class ServingConfig:
     nt_samples_batch_size: int = 32  # rows per forward + backward pass
     memory_budget_mb: int | None = None  # lowers the rows per pass to fit (probed per shape)
     tune_pass_rows: bool = False  # calls of the measured-fastest size (answers vary ~1e-7)
+    keep_freed_memory: bool = True  # worker's malloc reuses freed activations (allocator.py)
     preprocess: Preprocess = Preprocess()
     defaults: Defaults = Defaults()
     limits: Limits = Limits()

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .allocator import keep_freed_memory
 from .codec import GRPC_KEY
 from .config import parse_config
 from .metrics import ServiceMetrics
@@ -72,6 +73,7 @@ class SmoothExplainHandler:
         model_dir = Path(properties["model_dir"])
         raw = (getattr(context, "model_yaml_config", None) or {}).get("smoothexplain")
         config = parse_config(raw)
+        kept = config.keep_freed_memory and keep_freed_memory()
         device = _device(properties)
         model = load_model(model_dir, config, device)
         name = str(context.manifest.get("model", {}).get("modelName", ""))
@@ -80,11 +82,12 @@ class SmoothExplainHandler:
         timeout = _response_timeout(context)
         self.service = ExplainService(model, config, labels, device, name, metrics, timeout)
         log.info(
-            "smoothexplain model %s ready on %s (torch threads %d, inter-op %d)",
+            "smoothexplain model %s ready on %s (torch threads %d, inter-op %d, %s)",
             name,
             device,
             torch.get_num_threads(),
             torch.get_num_interop_threads(),
+            "freed memory kept for reuse" if kept else "default malloc settings",
         )
 
     def handle(self, data: Sequence[Mapping[str, Any]], context: Any) -> list[bytes | str]:
