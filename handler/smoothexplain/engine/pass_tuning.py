@@ -1,7 +1,8 @@
 """Rows per model call chosen by measured speed: the pass size with the lowest time per row.
 
 Bigger passes are not always faster per row. A GPU wants them large; on a CPU a ResNet pass of
-32 rows at 224² spills the caches that one of 8 rows fits in and costs more per row. The tuner
+32 rows at 224² has activation blocks too large for malloc to reuse, page-faults them in on every
+call and costs more per row than a pass of 8. The tuner
 tries each candidate size (the cap, then halvings) a few times, then uses the fastest, and now
 and then measures the others again so that it follows changes in load. Rows are independent of
 each other, so answers change only by rounding (batched kernels round differently per call size).
