@@ -4,7 +4,8 @@
 
 Each twice: with the default scheduler (every pass one model call) and with `tune_pass_rows`
 (model calls of the size measured fastest per row; long-lived and warmed up, as in a serving
-worker) — on a CPU a large pass can cost more per row than a small one.
+worker) — on a CPU a large pass can cost more per row than a small one. The process uses the
+workers' malloc settings (`keep_freed_memory`).
 
 Target: ≥ 3× the throughput on a GPU (small calls leave it idle); never slower on a CPU."""
 
@@ -25,6 +26,7 @@ from common import (
     write,
 )
 
+from smoothexplain.allocator import keep_freed_memory
 from smoothexplain.engine import ExplainJob, Scheduler
 from smoothexplain.engine.pass_tuning import TRIALS
 from smoothexplain.spec import make_spec
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
     args = parser.parse_args()
     device = resolve_device(args)
+    keep_freed_memory()  # as a serving worker runs (model config default)
     size, nt, chunk, ks, repeats = 224, args.nt_samples, args.batch, args.ks, args.repeats
     if args.smoke:
         size, nt, chunk, ks, repeats = 32, 2, 4, [1, 4], 1
