@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from tables import measured_on
+
 __all__ = ["precision_table", "sampling_table"]
-
-
-def _when(record: dict[str, Any]) -> str:
-    machine = record["machine"]
-    return f"Measured {machine['date'][:10]} on {machine['cpu']} ({machine['cores']} cores)"
 
 
 def sampling_table(record: dict[str, Any]) -> str:
     settings = record["settings"]
     lines = [
-        f"{_when(record)}: {settings.get('inputs')} inputs × {settings.get('reps')} seeds per "
-        f"point, reference = {settings.get('reference')} iid passes (its own relative error in "
+        f"{measured_on(record)}: {settings['inputs']} inputs × {settings['reps']} seeds "
+        f"per point, reference = {settings['reference']} iid passes (its own relative error in "
         "the last column). Passes each scheme needs to reach the relative L2 error of iid at 50 "
         "passes (log-log interpolation; fewer is better), and adaptive stopping with that error "
         "as its tolerance.",
@@ -61,7 +58,7 @@ def sampling_table(record: dict[str, Any]) -> str:
 def precision_table(record: dict[str, Any]) -> str:
     settings = record["settings"]
     lines = [
-        f"{_when(record)}: {settings['model']} at {settings['size']}², nt_samples "
+        f"{measured_on(record)}: {settings['model']} at {settings['size']}², nt_samples "
         f"{settings['nt_samples']}, rows per pass {settings['nt_samples_batch_size']}, IG with "
         f"{settings['ig_n_steps']} steps, same seed for every precision, median of "
         f"{settings['repeats']} interleaved runs.",

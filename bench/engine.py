@@ -179,7 +179,7 @@ def run_case(case: Case, device: torch.device, repeats: int, warm: bool) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_device_arguments(parser)
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (≥ 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (≥ 3)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", module="captum")
     device = resolve_device(args)

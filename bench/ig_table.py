@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tables import measured_on
+
 __all__ = ["column_order", "ig_sampling_table"]
 
 
@@ -40,9 +42,9 @@ def _errors(result: dict[str, Any]) -> list[str]:
 
 
 def ig_sampling_table(record: dict[str, Any]) -> str:
-    m, settings = record["machine"], record["settings"]
+    settings = record["settings"]
     lines = [
-        f"Measured {m['date'][:10]} ({m['cpu']}, torch {m['torch']}): relative L2 error of "
+        f"{measured_on(record)}: relative L2 error of "
         f"SmoothGrad-IG (σ = {settings['sigma_fraction']} of the input range, "
         f"Gauss–Legendre for the grid) against a reference of 2 × "
         f"{settings['reference_passes_each']} joint passes, root mean square over "

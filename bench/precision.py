@@ -12,21 +12,23 @@ import time
 from typing import Any
 
 import torch
-from common import RESULTS, add_device_arguments, machine, random_model, resolve_device, write
+from common import (
+    add_device_arguments,
+    machine,
+    output_path,
+    random_model,
+    resolve_device,
+    write,
+)
 
 from smoothexplain import explain
 
-METHODS = {
+METHODS: dict[str, dict[str, int]] = {
     "gradient": {},
     "input_x_gradient": {},
     "integrated_gradients": {"n_steps": 8},
     "guided_backprop": {},
 }
-
-
-def _suffix(device: torch.device) -> str:
-    """CPU results keep the plain name; CUDA results get their own file and README block."""
-    return "" if device.type == "cpu" else "-cuda"
 
 
 def main() -> None:
@@ -49,37 +51,31 @@ def main() -> None:
     precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
     results: dict[str, Any] = {}
     for method, extra in METHODS.items():
+
+        def run(precision: str, seed: int, method: str = method, extra: Any = extra) -> Any:
+            return explain(
+                model,
+                x,
+                1,
+                method=method,
+                nt_samples=args.nt_samples,
+                nt_samples_batch_size=args.chunk,
+                seed=seed,
+                precision=precision,
+                **extra,
+            )
+
         times: dict[str, list[float]] = {p: [] for p in precisions}
         maps: dict[str, torch.Tensor] = {}
         for _ in range(args.repeats):
             for precision in precisions:
                 start = time.perf_counter()
-                maps[precision] = explain(
-                    model,
-                    x,
-                    1,
-                    method=method,
-                    nt_samples=args.nt_samples,
-                    nt_samples_batch_size=args.chunk,
-                    seed=0,
-                    precision=precision,
-                    **extra,
-                )  # type: ignore[arg-type]
+                maps[precision] = run(precision, seed=0)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 times[precision].append(time.perf_counter() - start)
         reference = maps["fp32"]
-        # The Monte-Carlo spread at this nt_samples: fp32 again with another seed.
-        other_seed = explain(
-            model,
-            x,
-            1,
-            method=method,
-            nt_samples=args.nt_samples,
-            nt_samples_batch_size=args.chunk,
-            seed=1,
-            **extra,
-        )  # type: ignore[arg-type]
+        other_seed = run("fp32", seed=1)  # the Monte-Carlo spread at this nt_samples
         results[method] = {
             p: {
                 "median_s": statistics.median(t),
@@ -99,13 +95,12 @@ def main() -> None:
             "nt_samples": args.nt_samples,
             "nt_samples_batch_size": args.chunk,
             "repeats": args.repeats,
-            "ig_n_steps": 8,
+            "ig_n_steps": METHODS["integrated_gradients"]["n_steps"],
             "smoke": args.smoke,
         },
         "results": results,
     }
-    if not getattr(args, "fallback", False):
-        write(args.out or RESULTS / f"precision{_suffix(device)}.json", record)
+    write(output_path(args, "precision", device), record)
 
 
 if __name__ == "__main__":

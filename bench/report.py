@@ -1,12 +1,14 @@
 """Render bench/results/*.json into the README between `<!-- bench:NAME -->` markers, and each
-performance result into a plot beside it (bench/results/NAME.png)."""
+result into a plot beside it (bench/results/NAME.png)."""
 
 from __future__ import annotations
 
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from efficiency_plots import precision_plot, sampling_plot
 from efficiency_tables import precision_table, sampling_table
@@ -17,9 +19,10 @@ from tables import RENDERERS
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DEVICES = ("cpu", "cuda")
-# Results without a device suffix, with their plot (ig-sampling's benchmark draws its own).
-UNTIMED = {
-    "ig-sampling": (ig_sampling_table, None),
+# Every result is bench/results/NAME-DEVICE.json with a table and a plot beside it.
+Record = dict[str, Any]
+TABLES: dict[str, tuple[Callable[[Record], str], Callable[[Record, Path], None]]] = {
+    **{name: (RENDERERS[name], PLOTTERS[name]) for name in RENDERERS},
     "sampling": (sampling_table, sampling_plot),
     "precision": (precision_table, precision_plot),
 }
@@ -34,22 +37,18 @@ def _fill(text: str, name: str, table: str) -> str:
 def main() -> int:
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for base, render in RENDERERS.items():
+    for base, (render, plot) in TABLES.items():
         for device in DEVICES:
             name = f"{base}-{device}"
             path = RESULTS / f"{name}.json"
             if path.is_file():
                 record = json.loads(path.read_text())
                 text = _fill(text, name, render(record))
-                PLOTTERS[base](record, RESULTS / f"{name}.png")
-    for base, (render_untimed, plot) in UNTIMED.items():
-        for name in (base, f"{base}-cuda"):  # the CPU result keeps the plain name
-            path = RESULTS / f"{name}.json"
-            if path.is_file():
-                record = json.loads(path.read_text())
-                text = _fill(text, name, render_untimed(record))
-                if plot is not None:
-                    plot(record, RESULTS / f"{name}.png")
+                plot(record, RESULTS / f"{name}.png")
+    # Smoothed-IG sampling counts passes, not seconds: one result, plotted by its benchmark.
+    path = RESULTS / "ig-sampling.json"
+    if path.is_file():
+        text = _fill(text, "ig-sampling", ig_sampling_table(json.loads(path.read_text())))
     readme.write_text(text)
     return 0
 

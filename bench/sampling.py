@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from common import RESULTS, add_device_arguments, machine, random_model, resolve_device, write
+from common import add_device_arguments, machine, output_path, random_model, resolve_device, write
 
 from smoothexplain import ExplainJob, Scheduler, make_spec
 from smoothexplain.demo import input_bounds, load_model, make_dataset, normalize
@@ -109,27 +109,19 @@ def run(args: argparse.Namespace, device: torch.device, save: Any = None) -> dic
             reference_error = []
             for i, target in enumerate(targets):
                 x = inputs[i]
-                half_a, _ = _explain(
-                    model,
-                    x,
-                    target,
-                    bounds,
-                    samples=args.reference // 2,
-                    scheme="iid",
-                    seed=10_000 + i,
-                    method=method,
-                    chunk=args.chunk,
-                )
-                half_b, _ = _explain(
-                    model,
-                    x,
-                    target,
-                    bounds,
-                    samples=args.reference // 2,
-                    scheme="iid",
-                    seed=20_000 + i,
-                    method=method,
-                    chunk=args.chunk,
+                half_a, half_b = (
+                    _explain(
+                        model,
+                        x,
+                        target,
+                        bounds,
+                        samples=args.reference // 2,
+                        scheme="iid",
+                        seed=offset + i,
+                        method=method,
+                        chunk=args.chunk,
+                    )[0]
+                    for offset in (10_000, 20_000)
                 )
                 reference = (half_a + half_b) / 2
                 # Two independent halves differ by √2·(half error); the mean has half error/√2.
@@ -226,16 +218,16 @@ def main() -> None:
     if args.smoke:
         args.inputs, args.reps, args.reference, args.resnet_size = 1, 1, 64, 32
 
+    started_on = machine(device)  # the load the runs started in
+
     def save(results: dict[str, Any]) -> None:
         record = {
             "benchmark": "sample efficiency",
-            "machine": machine(device),
+            "machine": dict(started_on),  # `write` adds the load at this save
             "settings": {k: v for k, v in vars(args).items() if k != "out"},
             "results": results,
         }
-        if not getattr(args, "fallback", False):
-            suffix = "" if device.type == "cpu" else "-cuda"
-            write(args.out or RESULTS / f"sampling{suffix}.json", record)
+        write(output_path(args, "sampling", device), record)
 
     save(run(args, device, save))
 

@@ -140,3 +140,18 @@ def test_ig_sampling_bench_runs_and_renders(tmp_path: Path) -> None:
     assert (tmp_path / "ig.png").read_bytes().startswith(b"\x89PNG")
     (ig_table,) = _bench_modules("ig_table")
     assert "| demo |" in ig_table.ig_sampling_table(record)
+
+
+def test_a_smoke_run_never_overwrites_the_committed_results() -> None:
+    committed = BENCH / "results" / "precision-cpu.json"
+    before = committed.read_bytes()
+    smoke = BENCH.parent / "build" / "bench-smoke" / "precision-cpu.json"
+    smoke.unlink(missing_ok=True)
+    subprocess.run(
+        [sys.executable, str(BENCH / "precision.py"), "--smoke"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert json.loads(smoke.read_text())["settings"]["smoke"] is True
+    assert committed.read_bytes() == before
