@@ -126,3 +126,15 @@ def test_serving_tunes_only_when_the_config_asks() -> None:
     with pytest.raises(InvalidArgument, match="tune_pass_rows' must be a bool") as err:
         parse_config({**base, "tune_pass_rows": "yes"})
     assert err.value.field == "smoothexplain.tune_pass_rows"
+
+
+def test_tuned_calls_stay_within_a_memory_budget() -> None:
+    x = torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(2))
+    scheduler = Scheduler(small_cnn(), chunk_rows=64, memory_budget=40_000, tune_pass_rows=True)
+    job = ExplainJob(x, 0, make_spec(nt_samples=200), seed=0)
+    for _ in range(3):
+        (result,) = scheduler.run([job])
+        assert result.samples == 200
+    (per_row,) = scheduler.row_bytes.values()
+    limit = 40_000 // per_row
+    assert 1 <= limit < 64 and max(scheduler.stats.chunk_rows) <= limit

@@ -208,7 +208,6 @@ class Scheduler:
         self._precision = Precision.FP32
         self._kind: tuple[object, ...] = ()  # the group being run, for the pass tuner
         self.tuner = PassTuner() if tune_pass_rows else None
-        self._chunk_cap = 0  # rows the chunker packs per chunk (the tuner's largest candidate)
 
     def _row_limit(self, run: _Run) -> int | None:
         """Rows per call: `chunk_rows`, lowered to fit `memory_budget` when one is set."""
@@ -223,7 +222,7 @@ class Scheduler:
         Counts the tensors autograd saves for backward in a 1-row and a 2-row forward (weights
         cancel in the difference), plus the row, its gradient and its noise.
         """
-        key = (*_group_key(run), run.spec.precision)
+        key = _group_key(run)  # shape, dtype, device, backward rule, precision
         if key not in self.row_bytes:
             saved = [_saved_bytes(self, run, count) for count in (1, 2)]
             row = run.x.numel() * run.x.element_size()
@@ -255,7 +254,6 @@ class Scheduler:
             rows: list[torch.Tensor] = []
             pieces: list[_Piece] = []
             space = self._row_limit(current) or total  # per chunk: an OOM split may shrink it
-            self._chunk_cap = space
             while space and current is not None:
                 if current.remaining:  # 0 when adaptive stopping ended it early
                     block, taken = current.take(min(space, current.remaining))
@@ -312,7 +310,7 @@ class Scheduler:
             return rows_left
         if self.tuner is None:
             return self.chunk_rows
-        return self.tuner.choose(self._kind, min(self.chunk_rows, self._chunk_cap), rows_left)
+        return self.tuner.choose(self._kind, self.chunk_rows, rows_left)
 
     def _try_gradients(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         try:
