@@ -9,7 +9,15 @@ from typing import Final
 import torch
 from torch import nn
 
-__all__ = ["INDEX_TO_NAME_FILE", "META_FILE", "WEIGHTS_FILE", "ShapesNet", "load_model"]
+__all__ = [
+    "INDEX_TO_NAME_FILE",
+    "META_FILE",
+    "WEIGHTS_FILE",
+    "PooledClassifier",
+    "ShapesNet",
+    "check_width",
+    "load_model",
+]
 
 # Artefact layout written by `smoothexplain.demo.train` and read by `load_model`.
 WEIGHTS_FILE: Final[str] = "weights.pt"
@@ -34,33 +42,49 @@ def _conv_block(in_channels: int, out_channels: int, *, pool: bool) -> nn.Sequen
     return nn.Sequential(*layers)
 
 
-class ShapesNet(nn.Module):
-    """Four conv blocks, global average pooling and a linear head.
+class PooledClassifier(nn.Module):
+    """`features` (a sequence of stages), global average pooling and a linear head.
 
-    Takes normalised images ``(N, 3, H, W)`` (see :mod:`smoothexplain.demo.preprocess`) and
-    returns logits ``(N, num_classes)``. Global pooling makes it accept any ``H, W ≥ 8``.
+    Returns logits ``(N, num_classes)``; global pooling makes it accept any ``H, W``. The quality
+    report's randomisation study re-initialises ``features`` stage by stage, then ``classifier``.
     """
 
-    def __init__(self, num_classes: int, width: int = 16) -> None:
+    def __init__(self, features: nn.Sequential, channels: int, num_classes: int) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        if width < 1:
-            raise ValueError(f"width must be positive, got {width}")
         self.num_classes = num_classes
-        self.features = nn.Sequential(
-            _conv_block(3, width, pool=True),
-            _conv_block(width, 2 * width, pool=True),
-            _conv_block(2 * width, 4 * width, pool=True),
-            _conv_block(4 * width, 8 * width, pool=False),
-        )
+        self.features = features
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(8 * width, num_classes)
+        self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pool(self.features(x))
         logits: torch.Tensor = self.classifier(torch.flatten(pooled, 1))
         return logits
+
+
+def check_width(width: int) -> None:
+    if width < 1:
+        raise ValueError(f"width must be positive, got {width}")
+
+
+class ShapesNet(PooledClassifier):
+    """Four conv blocks, global average pooling and a linear head.
+
+    Takes normalised images ``(N, 3, H, W)`` (see :mod:`smoothexplain.demo.preprocess`) and
+    returns logits ``(N, num_classes)``; it accepts any ``H, W ≥ 8``.
+    """
+
+    def __init__(self, num_classes: int, width: int = 16) -> None:
+        check_width(width)
+        features = nn.Sequential(
+            _conv_block(3, width, pool=True),
+            _conv_block(width, 2 * width, pool=True),
+            _conv_block(2 * width, 4 * width, pool=True),
+            _conv_block(4 * width, 8 * width, pool=False),
+        )
+        super().__init__(features, 8 * width, num_classes)
 
 
 def load_model(artifact_dir: Path) -> ShapesNet:

@@ -13,13 +13,13 @@ from typing import Any, Final
 import numpy as np
 
 from .grid import BASES, Cell
+from .stats import mean_ci
 from .tables import (
     compare,
     error_constant,
     error_slope,
     needed_samples,
     noise_quantile,
-    summarise,
 )
 
 __all__ = [
@@ -123,8 +123,8 @@ def ground_truth_findings(results: Results) -> list[str]:
     best = []
     for model in models:
         grid = _grid(results, model)
-        ranked = sorted(grid, key=lambda k: summarise(grid[k]["mass"]).mean, reverse=True)
-        top = ", ".join(f"{_label(k)} {summarise(grid[k]['mass']).mean:.2f}" for k in ranked[:3])
+        ranked = sorted(grid, key=lambda k: mean_ci(grid[k]["mass"]).mean, reverse=True)
+        top = ", ".join(f"{_label(k)} {mean_ci(grid[k]['mass']).mean:.2f}" for k in ranked[:3])
         best.append(f"{model}: {top}")
     paragraphs.append(
         "**Does smoothing move relevance onto the object?** SmoothGrad's relevance mass "
@@ -147,8 +147,8 @@ def sanity_findings(results: Results) -> list[str]:
     for model in results["per_model"]:
         sanity = results["per_model"][model]["sanity"]
         stages = list(sanity)
-        top = {key: summarise(values).mean for key, values in sanity[stages[0]].items()}
-        last = {key: summarise(values).mean for key, values in sanity[stages[-1]].items()}
+        top = {key: mean_ci(values).mean for key, values in sanity[stages[0]].items()}
+        last = {key: mean_ci(values).mean for key, values in sanity[stages[-1]].items()}
         stiff = max(top, key=lambda k: top[k])
         failing = [f"{_label(k)} ({rho:.2f})" for k, rho in last.items() if rho > _FAIL_RHO]
         text = (
@@ -179,7 +179,7 @@ def sanity_findings(results: Results) -> list[str]:
             f"{means['sg']:.2f}, AdaptGrad {means['ag']:.2f}."
         )
         paragraphs.append(text)
-    labels = {key: summarise(values).mean for key, values in results["labels"].items()}
+    labels = {key: mean_ci(values).mean for key, values in results["labels"].items()}
     paragraphs.append(
         "**Data randomisation.** Maps of the demo network trained on permuted labels "
         f"correlate with the real model's maps at ρ = {min(labels.values()):.2f} to "
@@ -236,14 +236,14 @@ def matched_noise(results: Results, model: str, metric: str) -> list[tuple[float
     plan = results["meta"]["plan"]
     sweep = results["per_model"][model]["sweep"]
     base_c = float(plan["settings"]["confidence"])
-    base_sigma = summarise(results["noise"]["ag_sigma"]).mean
+    base_sigma = mean_ci(results["noise"]["ag_sigma"]).mean
     sigmas = sorted(float(s) for s in plan["sigmas"])
-    sg = [summarise(sweep[f"sg:{s}"][metric]).mean for s in sigmas]
+    sg = [mean_ci(sweep[f"sg:{s}"][metric]).mean for s in sigmas]
     rows = []
     for c in plan["confidences"]:
         sigma = base_sigma * noise_quantile(base_c) / noise_quantile(float(c))
         if sigmas[0] <= sigma <= sigmas[-1]:
-            ag = summarise(sweep[f"ag:{c}"][metric]).mean
+            ag = mean_ci(sweep[f"ag:{c}"][metric]).mean
             rows.append((sigma, ag, float(np.interp(sigma, sigmas, sg))))
     return rows
 
@@ -252,7 +252,7 @@ def _sweep_means(results: Results, model: str, kind: str, metric: str) -> dict[f
     plan = results["meta"]["plan"]
     values = plan["sigmas"] if kind == "sg" else plan["confidences"]
     sweep = results["per_model"][model]["sweep"]
-    return {float(v): summarise(sweep[f"{kind}:{v}"][metric]).mean for v in values}
+    return {float(v): mean_ci(sweep[f"{kind}:{v}"][metric]).mean for v in values}
 
 
 def sweep_findings(results: Results) -> list[str]:
@@ -272,8 +272,8 @@ def sweep_findings(results: Results) -> list[str]:
             f"{model} SmoothGrad at σ = {smallest}: Sparseness "
             f"{_sweep_means(results, model, 'sg', 'sparseness')[smallest]:.3f}, mass "
             f"{_sweep_means(results, model, 'sg', 'mass')[smallest]:.3f}; plain gradient "
-            f"{summarise(grid['sparseness'][:count]).mean:.3f}, "
-            f"{summarise(grid['mass'][:count]).mean:.3f}"
+            f"{mean_ci(grid['sparseness'][:count]).mean:.3f}, "
+            f"{mean_ci(grid['mass'][:count]).mean:.3f}"
         )
         pairs = matched_noise(results, model, "mass")
         if pairs:
@@ -291,7 +291,7 @@ def sweep_findings(results: Results) -> list[str]:
         + ". The least noise is not simply best: with too little the method is the plain "
         "gradient again (" + "; ".join(near_plain) + ")."
     ]
-    ag_sigma = summarise(results["noise"]["ag_sigma"]).mean
+    ag_sigma = mean_ci(results["noise"]["ag_sigma"]).mean
     sg_sigma = float(plan["settings"]["sigma"])
     if matched:
         paragraphs.append(
@@ -339,8 +339,8 @@ def summary(results: Results) -> list[str]:
     noise = results["noise"]
     bullets.append(
         f"- **What AdaptGrad does achieve**: fewer noisy features outside the input range "
-        f"({100 * summarise(noise['ag_out']).mean:.2f} % against "
-        f"{100 * summarise(noise['sg_out']).mean:.2f} % for SmoothGrad), its design goal."
+        f"({100 * mean_ci(noise['ag_out']).mean:.2f} % against "
+        f"{100 * mean_ci(noise['sg_out']).mean:.2f} % for SmoothGrad), its design goal."
     )
     plan = results["meta"]["plan"]
     reference = int(plan["reference_samples"])
@@ -360,8 +360,8 @@ def summary(results: Results) -> list[str]:
     low, high = _range(results, "mass")
     bullets.append(
         "- **Training with input noise** moves SmoothGrad's relevance mass on the object from "
-        f"{summarise(nonoise['grad/sg']['mass']).mean:.3f} to "
-        f"{summarise(demo['grad/sg']['mass']).mean:.3f} (Δ {sg.format()})"
+        f"{mean_ci(nonoise['grad/sg']['mass']).mean:.3f} to "
+        f"{mean_ci(demo['grad/sg']['mass']).mean:.3f} (Δ {sg.format()})"
         + (
             ": the model matters more than the choice of smoothing."
             if abs(sg.mean) > max(abs(low), abs(high))
@@ -372,7 +372,7 @@ def summary(results: Results) -> list[str]:
     for model in models:
         sanity = results["per_model"][model]["sanity"]
         final = list(sanity)[-1]
-        last.append(max(summarise(v).mean for v in sanity[final].values()))
+        last.append(max(mean_ci(v).mean for v in sanity[final].values()))
     bullets.append(
         f"- **Sanity checks**: with all layers re-initialised every map's rank correlation "
         f"with the trained model's falls to ≤ {max(last):.2f}."

@@ -23,7 +23,8 @@ from .findings import (
     sweep_findings,
 )
 from .grid import BASES, Cell
-from .tables import compare, markdown_table, needed_samples, noise_quantile, summarise
+from .stats import mean_ci
+from .tables import compare, markdown_table, needed_samples, noise_quantile
 
 __all__ = ["PAPER_VGG16_SPARSENESS", "render"]
 
@@ -94,7 +95,7 @@ def _setup(results: Results) -> str:
         count = m.get("heldout_count") or m.get("config", {}).get("heldout_count", "?")
         accuracy = f"{100 * m['heldout_accuracy']:.1f} % of {count}"
         rows.append([name, model["label"], accuracy, _training_time(m)])
-    share = summarise(results["mask_share"])
+    share = mean_ci(results["mask_share"])
     return "\n".join(
         [
             "## Setup",
@@ -133,8 +134,8 @@ def _setup(results: Results) -> str:
 def _noise(results: Results) -> str:
     settings = results["meta"]["plan"]["settings"]
     noise = results["noise"]
-    sg_out, ag_out = summarise(noise["sg_out"]), summarise(noise["ag_out"])
-    ag_sigma = summarise(noise["ag_sigma"])
+    sg_out, ag_out = mean_ci(noise["sg_out"]), mean_ci(noise["ag_out"])
+    ag_sigma = mean_ci(noise["ag_sigma"])
     mid_range = 0.5 / noise_quantile(settings["confidence"])  # half the range away from both
     rows = [
         ["SmoothGrad", f"{settings['sigma']} (every feature)", f"{100 * sg_out.mean:.2f} %"],
@@ -172,12 +173,12 @@ def _sparseness(results: Results) -> str:
             key = f"{base}/{smoothing}"
             paper = PAPER_VGG16_SPARSENESS.get(key)
             row = [_label(key), "—" if paper is None else f"{paper:.4f}"]
-            row += [summarise(_grid(results, m)[key]["sparseness"]).format() for m in models]
+            row += [mean_ci(_grid(results, m)[key]["sparseness"]).format() for m in models]
             rows.append(row)
     for smoothing in ("sg_sq", "vg", "ag_sq", "avg"):
         key = f"grad/{smoothing}"
         row = [_label(key), "—"]
-        row += [summarise(_grid(results, m)[key]["sparseness"]).format() for m in models]
+        row += [mean_ci(_grid(results, m)[key]["sparseness"]).format() for m in models]
         rows.append(row)
     return "\n".join(
         [
@@ -225,9 +226,9 @@ def _ground_truth(results: Results) -> str:
         row = [_label(key)]
         for model in models:
             grid = _grid(results, model)
-            row += [summarise(grid[key][m]).format(2) for m in ("mass", "rank", "pointing")]
+            row += [mean_ci(grid[key][m]).format(2) for m in ("mass", "rank", "pointing")]
         rows.append(row)
-    share = summarise(results["mask_share"])
+    share = mean_ci(results["mask_share"])
     return "\n".join(
         [
             "## 2. Ground truth: relevance on the object",
@@ -250,8 +251,8 @@ def _training_noise(results: Results) -> str:
         meta = results["models"][name]["meta"]
         row = [_model_label(results, name), f"{100 * meta['heldout_accuracy']:.1f} %"]
         for key in ("grad/plain", "grad/sg", "grad/ag"):
-            row += [summarise(grid[key]["mass"]).format(3)]
-        row += [summarise(grid[key]["pointing"]).format(2) for key in ("grad/sg", "grad/ag")]
+            row += [mean_ci(grid[key]["mass"]).format(3)]
+        row += [mean_ci(grid[key]["pointing"]).format(2) for key in ("grad/sg", "grad/ag")]
         rows.append(row)
     headers = ["model", "accuracy", "Grad mass", "SG mass", "AG mass", "SG pointing", "AG pointing"]
     sg = compare(demo["grad/sg"]["mass"], nonoise["grad/sg"]["mass"])
@@ -300,9 +301,9 @@ def _sanity(results: Results, figure: str) -> str:
             headers.append("labels")
         rows = []
         for key in sanity[stages[0]]:
-            row = [_label(key)] + [summarise(sanity[s][key]).format(2) for s in stages]
+            row = [_label(key)] + [mean_ci(sanity[s][key]).format(2) for s in stages]
             if with_labels:
-                row.append(summarise(results["labels"][key]).format(2))
+                row.append(mean_ci(results["labels"][key]).format(2))
             rows.append(row)
         sections += [f"**{_model_label(results, model)}**", "", markdown_table(headers, rows), ""]
     return "\n".join(sections)
@@ -325,8 +326,8 @@ def _convergence(results: Results, figure: str) -> str:
         row = [n]
         for model in _models(results):
             conv = results["per_model"][model]["convergence"]
-            row += [summarise(conv[s]["error"][n]).format(3) for s in ("sg", "ag")]
-            row += [summarise(conv[s]["rank"][n]).format(3) for s in ("sg", "ag")]
+            row += [mean_ci(conv[s]["error"][n]).format(3) for s in ("sg", "ag")]
+            row += [mean_ci(conv[s]["rank"][n]).format(3) for s in ("sg", "ag")]
         rows.append(row)
     return "\n".join(
         [
@@ -357,7 +358,7 @@ def _sweep(results: Results) -> str:
         headers += [f"{model}: {metric}" for metric in metrics]
     # AdaptGrad's σᵢ scales with 1 / quantile(c): its mean σ at any c follows from the one at
     # the report's c.
-    ag_sigma = summarise(results["noise"]["ag_sigma"]).mean
+    ag_sigma = mean_ci(results["noise"]["ag_sigma"]).mean
     base = noise_quantile(plan["settings"]["confidence"])
     rows = []
     for kind, values, name in (
@@ -369,7 +370,7 @@ def _sweep(results: Results) -> str:
             row = [name.format(value), f"{sigma:.3f}"]
             for model in _models(results):
                 scores = results["per_model"][model]["sweep"][f"{kind}:{value}"]
-                row += [summarise(scores[m]).format(3) for m in metrics]
+                row += [mean_ci(scores[m]).format(3) for m in metrics]
             rows.append(row)
     return "\n".join(
         [

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..demo.net import PooledClassifier, check_width
+
 __all__ = ["ShapesResNet"]
 
 
@@ -41,23 +43,15 @@ class _Block(nn.Module):
         return out
 
 
-class ShapesResNet(nn.Module):
+class ShapesResNet(PooledClassifier):
     """Stem, three residual stages (64 → 32 → 16 → 8 pixels), global pooling, linear head."""
 
     def __init__(self, num_classes: int, width: int = 16) -> None:
-        super().__init__()
-        if num_classes < 2 or width < 1:
-            raise ValueError(f"need num_classes >= 2 and width >= 1, got {num_classes}, {width}")
-        self.features = nn.Sequential(
+        check_width(width)
+        features = nn.Sequential(
             nn.Sequential(_conv_bn(3, width, 2), nn.ReLU()),  # stem
             _Block(width, 2 * width, 2),
             _Block(2 * width, 4 * width, 2),
             _Block(4 * width, 8 * width, 1),
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(8 * width, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.pool(self.features(x))
-        logits: torch.Tensor = self.classifier(torch.flatten(pooled, 1))
-        return logits
+        super().__init__(features, 8 * width, num_classes)

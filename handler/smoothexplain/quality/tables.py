@@ -19,14 +19,9 @@ __all__ = [
     "markdown_table",
     "needed_samples",
     "noise_quantile",
-    "summarise",
 ]
 
 Values = Sequence[float]
-
-
-def summarise(values: Values) -> Estimate:
-    return mean_ci(values)
 
 
 @dataclass(frozen=True)
@@ -73,7 +68,7 @@ def error_constant(errors: Mapping[str, Values], reference: int) -> float:
 def error_slope(errors: Mapping[str, Sequence[float]], reference: int) -> float:
     """Least-squares slope of log(mean error) against log(n) over 4 ≤ n ≤ reference/8, where
     the reference's own error adds at most 6 % (all n when that leaves fewer than two)."""
-    points = {int(n): math.log(summarise(v).mean) for n, v in errors.items()}
+    points = {int(n): math.log(mean_ci(v).mean) for n, v in errors.items()}
     chosen = [n for n in points if 4 <= n <= reference // 8]
     chosen = chosen if len(chosen) >= 2 else list(points)
     if len(chosen) < 2:
