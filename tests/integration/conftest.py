@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from smoothexplain.launcher import TorchServeInstance
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "artifacts" / "demo"
 TEMPLATE = REPO_ROOT / "deploy" / "model-config.yaml"
@@ -37,3 +39,11 @@ def build_store(store: Path, names: list[str], artifacts: Path, **torchserve_key
         warnings.simplefilter("ignore")  # the legacy ONNX exporter's deprecation notice
         build_archives(artifacts, store, patched, HANDLER, names)
     return store
+
+
+def shapes_server(
+    root: Path, artifacts: Path, env: dict[str, str] | None = None, **torchserve_keys: object
+) -> TorchServeInstance:
+    """A TorchServe (not started; use it with `with`) serving the demo archive built under root."""
+    store = build_store(root / "store", ["shapes"], artifacts, **torchserve_keys)
+    return TorchServeInstance(store, {"shapes": "shapes.mar"}, root / "ts", env=env)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 import torch
-from conftest import build_store
+from conftest import shapes_server
 from google.protobuf import json_format
 from reliability.corpus import Case, Outcome, Target, check, load_cases, send
 from reliability.expected import LocalEngine
@@ -49,8 +49,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, demo_artifacts: Path
 ) -> Iterator[TorchServeInstance]:
     root = tmp_path_factory.mktemp("badinput")
-    store = build_store(root / "store", ["shapes"], demo_artifacts, batchSize=4, maxBatchDelay=10)
-    with TorchServeInstance(store, {"shapes": "shapes.mar"}, root / "ts") as instance:
+    with shapes_server(root, demo_artifacts, batchSize=4, maxBatchDelay=10) as instance:
         yield instance
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import build_store
+from conftest import shapes_server
 from reliability.expected import LocalEngine
 from reliability.loadgen import LoadPlan, run_load, verify
 
@@ -72,12 +72,11 @@ def server(
     metrics_dir: tuple[Path, str],
 ) -> Iterator[TorchServeInstance]:
     root = tmp_path_factory.mktemp("diskfull")
-    store = build_store(root / "store", ["shapes"], demo_artifacts, batchSize=4, maxBatchDelay=20)
     folder, mode = metrics_dir
     env = {"METRICS_LOCATION": str(folder)}
     if mode == "tmpfs":
         env["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
-    with TorchServeInstance(store, {"shapes": "shapes.mar"}, root / "ts", env=env) as instance:
+    with shapes_server(root, demo_artifacts, env, batchSize=4, maxBatchDelay=20) as instance:
         yield instance
 
 

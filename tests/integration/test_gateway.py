@@ -50,12 +50,8 @@ class Gateway:
 def serve(tmp_path_factory: pytest.TempPathFactory, demo_artifacts: Path) -> Iterator[ServeProcess]:
     root = tmp_path_factory.mktemp("gw")
     store = build_store(root / "store", ["shapes"], demo_artifacts)
-    process = ServeProcess(root / "srv", store, ["shapes=shapes.mar"], ["--no-token-auth"])
-    process.start()
-    try:
+    with ServeProcess(root / "srv", store, ["shapes=shapes.mar"], ["--no-token-auth"]) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def _render(serve: ServeProcess, port: int, token: str, cert: Path, key: Path) -> str:

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from conftest import build_store
+from conftest import shapes_server
 from reliability.expected import LocalEngine
 from reliability.loadgen import LoadPlan, LoadReport, percentile, run_load, verify
 
@@ -26,8 +26,7 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, demo_artifacts: Path
 ) -> Iterator[TorchServeInstance]:
     root = tmp_path_factory.mktemp("load")
-    store = build_store(root / "store", ["shapes"], demo_artifacts, batchSize=4, maxBatchDelay=20)
-    with TorchServeInstance(store, {"shapes": "shapes.mar"}, root / "ts") as instance:
+    with shapes_server(root, demo_artifacts, batchSize=4, maxBatchDelay=20) as instance:
         yield instance
 
 

@@ -40,12 +40,8 @@ CHUNK_LIMIT = 64  # nt_samples_batch_size of deploy/model-config.yaml
 def serve(tmp_path_factory: pytest.TempPathFactory, demo_artifacts: Path) -> Iterator[ServeProcess]:
     root = tmp_path_factory.mktemp("obs")
     store = build_store(root / "store", ["shapes"], demo_artifacts, batchSize=4, maxBatchDelay=50)
-    process = ServeProcess(root / "srv", store, ["shapes=shapes.mar"])
-    process.start()
-    try:
+    with ServeProcess(root / "srv", store, ["shapes=shapes.mar"]) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

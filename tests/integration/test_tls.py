@@ -40,14 +40,9 @@ def serve(
     root = tmp_path_factory.mktemp("tlsserve")
     store = build_store(root / "store", ["shapes"], demo_artifacts)
     cert, key = tls
-    process = ServeProcess(
-        root / "srv", store, ["shapes=shapes.mar"], ["--tls-cert", str(cert), "--tls-key", str(key)]
-    )
-    process.start()
-    try:
+    tls_flags = ["--tls-cert", str(cert), "--tls-key", str(key)]
+    with ServeProcess(root / "srv", store, ["shapes=shapes.mar"], tls_flags) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def _keys(serve: ServeProcess) -> dict[str, dict[str, str]]:
