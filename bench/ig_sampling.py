@@ -34,9 +34,6 @@ from torch import nn
 
 from smoothexplain import demo, explain
 
-Estimator = Callable[[int, int], torch.Tensor]  # (passes, seed) → attribution map
-
-
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
