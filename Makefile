@@ -36,7 +36,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip $(QUIET)
 	$(PIP) install -c constraints.txt torch==2.14.1 torchvision==0.29.1 $(QUIET)
-	$(PIP) install -c constraints.txt -e '.[serve,dev]' $(QUIET)
+	$(PIP) install -c constraints.txt -e '.[serve,demo,dev]' $(QUIET)
 	touch $(STAMP)
 
 # TorchServe needs Java 17; install Debian's headless JRE where none is on PATH.
