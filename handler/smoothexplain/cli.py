@@ -4,9 +4,10 @@
     smoothexplain predict cat.jpg --model resnet18 --top-k 3
 
 The token comes from $SMOOTHEXPLAIN_TOKEN or TorchServe's key_file.json (--token-file,
-$SMOOTHEXPLAIN_KEY_FILE, or ./key_file.json); it is never accepted on the command line, where
-other users could read it from the process list. Exit status: 0 on success, 2 for a bad
-argument or request field, 1 for any other failure.
+$SMOOTHEXPLAIN_KEY_FILE, ./key_file.json, or the key file of the server that `smoothexplain
+serve` runs on this machine, found through its record: see local_server.py); it is never
+accepted on the command line, where other users could read it from the process list.
+Exit status: 0 on success, 2 for a bad argument or request field, 1 for any other failure.
 
 Subcommands are registered by the small `add_*` functions listed in `SUBCOMMANDS`; each sets
 `run` (a `Namespace -> int` function) as its parser default.
@@ -29,6 +30,7 @@ from google.protobuf import json_format
 from PIL import Image
 
 from ._proto.smoothexplain.v1 import explain_pb2 as pb
+from .archive_command import add_archive
 from .client import ExplainError, SmoothExplainClient, attribution
 from .errors import InvalidArgument, SmoothExplainError
 from .heatmap import heatmap_png, overlay_png
@@ -52,14 +54,16 @@ def _connection_options() -> argparse.ArgumentParser:
     group = parent.add_argument_group("connection")
     group.add_argument("--model", required=True, help="registered TorchServe model name")
     group.add_argument("--transport", choices=("grpc", "rest"), default="grpc")
-    group.add_argument("--host", default="127.0.0.1")
-    group.add_argument("--rest-port", type=int, default=8080, metavar="PORT")
-    group.add_argument("--grpc-port", type=int, default=7070, metavar="PORT")
+    local = "default: the local `smoothexplain serve`'s record, else"
+    group.add_argument("--host", help=f"{local} 127.0.0.1")
+    group.add_argument("--rest-port", type=int, metavar="PORT", help=f"{local} 8080")
+    group.add_argument("--grpc-port", type=int, metavar="PORT", help=f"{local} 7070")
     group.add_argument(
         "--token-file",
         type=Path,
         metavar="PATH",
-        help="TorchServe key_file.json (default: $SMOOTHEXPLAIN_KEY_FILE or ./key_file.json)",
+        help="TorchServe key_file.json (default: $SMOOTHEXPLAIN_KEY_FILE, ./key_file.json, "
+        "then the local server's record)",
     )
     group.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
     parent.add_argument("--json", action="store_true", help="print the Response as JSON")
@@ -138,6 +142,7 @@ def add_predict(subparsers: Subparsers) -> None:
 SUBCOMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     add_explain,
     add_predict,
+    add_archive,
     add_serve,
     add_stop,
 )

@@ -38,6 +38,7 @@ from ._proto.smoothexplain.v1 import explain_pb2 as pb
 from ._proto.torchserve import inference_pb2, inference_pb2_grpc
 from .codec import GRPC_KEY, message_to_tensor, tensor_to_message
 from .errors import InvalidArgument
+from .local_server import read_record
 
 __all__ = [
     "KEY_FILE_ENV",
@@ -185,7 +186,10 @@ def _key_file_path(token_file: Path | None, env: Mapping[str, str]) -> Path | No
         return Path(token_file)
     if env.get(KEY_FILE_ENV):
         return Path(env[KEY_FILE_ENV])
-    return DEFAULT_KEY_FILE if DEFAULT_KEY_FILE.is_file() else None
+    if DEFAULT_KEY_FILE.is_file():
+        return DEFAULT_KEY_FILE
+    record = read_record(env)  # the local `smoothexplain serve`, from any folder
+    return Path(record.key_file) if record is not None and record.key_file else None
 
 
 def _token_source(
@@ -211,7 +215,8 @@ def resolve_token(
     """The inference token: `token`, else $SMOOTHEXPLAIN_TOKEN, else a key file's inference key.
 
     The key file is `token_file`, else $SMOOTHEXPLAIN_KEY_FILE, else ./key_file.json when it
-    exists. None when there is no token at all (TorchServe with token auth off).
+    exists, else the one of the local server `smoothexplain serve` recorded. None when there
+    is no token at all (TorchServe with token auth off).
     """
     source = _token_source(token, token_file, os.environ if env is None else env)
     return source.current() if isinstance(source, _KeyFile) else source
@@ -400,7 +405,9 @@ class SmoothExplainClient:
 
     The token is `token`, else $SMOOTHEXPLAIN_TOKEN, else the `inference` key of TorchServe's
     key_file.json (`token_file`, else $SMOOTHEXPLAIN_KEY_FILE, else ./key_file.json if it
-    exists); a key file is re-read when TorchServe rewrites it. `timeout` is in seconds per
+    exists, else the key file of the local server that `smoothexplain serve` recorded); the
+    host and ports left None also come from that record (else 127.0.0.1, 8080, 7070); a key
+    file is re-read when TorchServe rewrites it. `timeout` is in seconds per
     call. The gRPC channel and the HTTP session are reused; call `close()` or use `with`.
     """
 
@@ -408,9 +415,9 @@ class SmoothExplainClient:
         self,
         *,
         transport: Transport = "grpc",
-        host: str = "127.0.0.1",
-        rest_port: int = 8080,
-        grpc_port: int = 7070,
+        host: str | None = None,
+        rest_port: int | None = None,
+        grpc_port: int | None = None,
         token: str | None = None,
         token_file: Path | None = None,
         timeout: float = 120.0,
@@ -422,7 +429,11 @@ class SmoothExplainClient:
         if not timeout > 0:
             raise InvalidArgument(f"timeout must be > 0, got {timeout!r}", field="timeout")
         self.transport: Transport = transport
-        self.host, self.rest_port, self.grpc_port = host, rest_port, grpc_port
+        # Unset address parts come from the local server's record, else TorchServe's defaults.
+        record = read_record() if None in (host, rest_port, grpc_port) else None
+        self.host = host or (record.host if record else "127.0.0.1")
+        self.rest_port = rest_port or (record.rest_port if record else 8080)
+        self.grpc_port = grpc_port or (record.grpc_port if record else 7070)
         self.timeout = float(timeout)
         self._token = _token_source(token, token_file, os.environ)
         self._lock = threading.Lock()

@@ -70,6 +70,7 @@ class ServingConfig:
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     weights: str = "weights.pt"  # state_dict (eager), TorchScript file, or ONNX file
     labels: str = "index_to_name.json"
+    output: str = ""  # logits of a tuple/dict/object output: an index (digits), key or attribute
     nt_samples_batch_size: int = 32  # rows per forward + backward pass
     memory_budget_mb: int | None = None  # lowers the rows per pass to fit (probed per shape)
     tune_pass_rows: bool = False  # calls of the measured-fastest size (answers vary ~1e-7)

@@ -27,6 +27,7 @@ from typing import TypeAlias
 
 from .exporter import Exporter, Probes, TlsFiles
 from .launcher import DEFAULT_BASE_CONFIG, Ports, TorchServeError, TorchServeInstance
+from .local_server import ServerRecord, clear_record, read_record, write_record
 from .metrics import ServerCollector, worker_collector
 
 __all__ = ["add_serve", "add_stop", "run_serve", "run_stop"]
@@ -90,7 +91,11 @@ def add_serve(subparsers: Subparsers) -> None:
 def add_stop(subparsers: Subparsers) -> None:
     """`stop [--workdir DIR]`: SIGTERM the `serve` process recorded there and wait."""
     parser = subparsers.add_parser("stop", help="stop a server started with serve")
-    parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="the server's work directory (default run/server, else the local server's record)",
+    )
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.set_defaults(run=run_stop)
 
@@ -113,6 +118,21 @@ def _endpoints(
         "logs": str(instance.log_dir),
         "pid": os.getpid(),
     }
+
+
+def _record(instance: TorchServeInstance, tls: TlsFiles | None) -> ServerRecord:
+    """What clients on this machine need to find this server (local_server.py)."""
+    host = "127.0.0.1" if instance.host in ("0.0.0.0", "", "::") else instance.host
+    return ServerRecord(
+        host=host,
+        rest_port=instance.ports.inference,
+        grpc_port=instance.ports.grpc_inference,
+        tls=tls is not None,
+        key_file=str(instance.key_file) if instance.token_auth else "",
+        pid=os.getpid(),
+        workdir=str(instance.workdir),
+        models=tuple(sorted(instance.models)),
+    )
 
 
 def _tls(args: argparse.Namespace) -> TlsFiles | None:
@@ -238,6 +258,7 @@ def run_serve(args: argparse.Namespace) -> int:
         started.set()
         endpoints_file.write_text(json.dumps(_endpoints(instance, exporter, tls), indent=2) + "\n")
         pid_file.write_text(f"{os.getpid()}\n")
+        write_record(_record(instance, tls))
         print(
             f"smoothexplain serving {', '.join(sorted(instance.models))}: "
             f"REST {_endpoints(instance, exporter, tls)['rest']}, gRPC {instance.grpc_target}, "
@@ -259,12 +280,21 @@ def run_serve(args: argparse.Namespace) -> int:
         exporter.stop()
         pid_file.unlink(missing_ok=True)
         endpoints_file.unlink(missing_ok=True)
+        clear_record(os.getpid())
+
+
+def _stop_workdir(given: Path | None) -> Path:
+    if given is not None or (DEFAULT_WORKDIR / "serve.pid").is_file():
+        return given or DEFAULT_WORKDIR
+    record = read_record()
+    return Path(record.workdir) if record is not None else DEFAULT_WORKDIR
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    pid_file = args.workdir / "serve.pid"
+    workdir = _stop_workdir(args.workdir)
+    pid_file = workdir / "serve.pid"
     if not pid_file.is_file():
-        print(f"no server recorded in {args.workdir}")
+        print(f"no server recorded in {workdir}")
         return 0
     pid = int(pid_file.read_text().strip())
     try:

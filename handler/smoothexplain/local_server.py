@@ -1,0 +1,79 @@
+"""Where the local `smoothexplain serve` runs: a record the CLI and the client fall back to.
+
+`serve` writes one JSON file per user once its models are ready and removes it when it stops:
+`$SMOOTHEXPLAIN_STATE_DIR/server.json`, else `$XDG_STATE_HOME/smoothexplain/server.json`, else
+`~/.local/state/smoothexplain/server.json`. It holds addresses, TLS and the *path* of
+TorchServe's key file, never a token. A record whose process is gone is ignored, so a crashed
+server cannot send clients to a stale port. Deliberately free of grpc/requests/torch imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+__all__ = ["STATE_DIR_ENV", "ServerRecord", "clear_record", "read_record", "record_path"]
+
+STATE_DIR_ENV = "SMOOTHEXPLAIN_STATE_DIR"
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    host: str
+    rest_port: int
+    grpc_port: int
+    tls: bool
+    key_file: str  # absolute path of TorchServe's key_file.json ("" with token auth off)
+    pid: int  # the `serve` process
+    workdir: str
+    models: tuple[str, ...] = ()
+
+
+def record_path(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    if env.get(STATE_DIR_ENV):
+        return Path(env[STATE_DIR_ENV]) / "server.json"
+    state = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else None
+    return (state or Path.home() / ".local" / "state") / "smoothexplain" / "server.json"
+
+
+def write_record(record: ServerRecord, env: Mapping[str, str] | None = None) -> Path:
+    path = record_path(env)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    partial.replace(path)  # readers never see half a record
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process of that number: not our server
+        return False
+    return True
+
+
+def read_record(env: Mapping[str, str] | None = None) -> ServerRecord | None:
+    """The running local server, or None (no record, unreadable, or its process is gone)."""
+    try:
+        raw = json.loads(record_path(env).read_text())
+        record = ServerRecord(**{**raw, "models": tuple(raw.get("models", ()))})
+    except (OSError, ValueError, TypeError):
+        return None
+    return record if _alive(record.pid) else None
+
+
+def clear_record(pid: int, env: Mapping[str, str] | None = None) -> None:
+    """Remove the record if it still describes server `pid` (a newer server keeps its own)."""
+    path = record_path(env)
+    try:
+        if json.loads(path.read_text()).get("pid") == pid:
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
