@@ -16,7 +16,6 @@ Subcommands are registered by the small `add_*` functions listed in `SUBCOMMANDS
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from collections.abc import Callable, Sequence
 from enum import StrEnum
@@ -34,6 +33,7 @@ from .archive_command import add_archive
 from .client import ExplainError, SmoothExplainClient, attribution
 from .errors import InvalidArgument, SmoothExplainError
 from .heatmap import heatmap_png, overlay_png
+from .images import load_image
 from .serve import add_serve, add_stop
 from .spec import IgRule, IgSampling, Method, NoiseKind, NoiseSampling, NtType, Precision
 
@@ -252,22 +252,25 @@ def _write_outputs(args: argparse.Namespace, response: pb.Response, image: bytes
     return written
 
 
-def _image_like(image: bytes, heat: torch.Tensor) -> np.ndarray:
-    """The image as (H, W, 3) uint8 matching the map: centre-square crop, then resize.
+def _image_like(
+    image: bytes, heat: torch.Tensor, crop: tuple[int, int] | None = None
+) -> np.ndarray:
+    """The image as (H, W, 3) uint8 matching the map, upright as its EXIF orientation says.
 
-    The server's exact crop depends on the model's preprocess settings, which the Response
-    does not carry; this matches it exactly when the model's resize equals its crop size.
+    `crop` = the model's (resize, size): cut as the server cuts it (torchvision's Resize +
+    CenterCrop). Without it (the Response does not carry the model's preprocess settings) the
+    centre square, which matches exactly when the model's resize equals its crop size. Then
+    resized to the map's size where that differs.
     """
-    try:
-        with Image.open(io.BytesIO(image)) as opened:
-            rgb = opened.convert("RGB")
-    except (OSError, ValueError, Image.DecompressionBombError) as error:
-        raise InvalidArgument(f"cannot decode the image: {error}", field="IMAGE") from None
-    side = min(rgb.size)
-    left, top = (rgb.width - side) // 2, (rgb.height - side) // 2
-    square = rgb.crop((left, top, left + side, top + side))
+    picture = load_image(image, crop=crop, field="IMAGE")
+    if crop is None:
+        side = min(picture.size)
+        left, top = (picture.width - side) // 2, (picture.height - side) // 2
+        picture = picture.crop((left, top, left + side, top + side))
     height, width = int(heat.shape[-2]), int(heat.shape[-1])
-    return np.asarray(square.resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    if picture.size != (width, height):
+        picture = picture.resize((width, height), Image.Resampling.BILINEAR)
+    return np.asarray(picture, dtype=np.uint8)
 
 
 def _as_json(response: pb.Response) -> str:

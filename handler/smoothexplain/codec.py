@@ -5,10 +5,8 @@ Every decoding error is an `InvalidArgument` (or `UnsupportedMediaType`) naming 
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,11 +14,11 @@ import numpy as np
 import torch
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from PIL import Image
 
 from ._proto.smoothexplain.v1 import explain_pb2 as pb
 from .config import Limits, Preprocess
 from .errors import InvalidArgument, LimitExceeded, UnsupportedMediaType
+from .images import ACCEPTED, image_format, load_image
 
 __all__ = [
     "GRPC_KEY",
@@ -40,8 +38,6 @@ _DTYPES: dict[pb.DType.ValueType, tuple[np.dtype[Any], torch.dtype]] = {
     pb.DTYPE_FLOAT64: (np.dtype("<f8"), torch.float64),
     pb.DTYPE_UINT8: (np.dtype("u1"), torch.uint8),
 }
-_IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")
-_IMAGE_FORMATS = ("PNG", "JPEG")  # the only decoders PIL may try (no EPS, TIFF, ... parsers)
 _DETAIL_MAX = 300  # characters of a parser's message quoted in an error
 
 
@@ -71,13 +67,13 @@ def decode_request(
             request = _from_proto(data)
         elif not data:
             raise InvalidArgument("body is empty: send an image or a Request", field="body")
-        elif data.startswith(_IMAGE_MAGIC):
+        elif image_format(data) is not None:
             request = pb.Request(input=pb.Input(image=data))
         elif data.lstrip()[:1] == b"{":
             request = _from_json(_utf8(data))
         else:
             raise UnsupportedMediaType(
-                "body must be a PNG or JPEG image or a JSON Request (see proto/)", field="body"
+                f"body must be a {ACCEPTED} image or a JSON Request (see proto/)", field="body"
             )
     if explain_path:
         request.explain = True
@@ -190,55 +186,21 @@ def _resolve(names: list[str]) -> list[str]:
 
 
 def image_to_tensor(data: bytes, pre: Preprocess, limits: Limits) -> torch.Tensor:
-    """Decode PNG/JPEG, resize the shorter side, centre-crop, normalise → (C, size, size)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS)
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise LimitExceeded(
-                    f"input.image is {width}×{height} pixels, above the server "
-                    f"limit max_pixels={limits.max_pixels}",
-                    field="input.image",
-                )
-            if image.format not in ("PNG", "JPEG"):
-                raise UnsupportedMediaType("input.image must be PNG or JPEG", field="input.image")
-            rgb = image.convert("RGB" if pre.channels == 3 else "L")
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as error:
-        if isinstance(error, InvalidArgument):
-            raise
-        if not data.startswith(_IMAGE_MAGIC):
-            raise UnsupportedMediaType(
-                "input.image must be PNG or JPEG", field="input.image"
-            ) from None
-        raise InvalidArgument(
-            f"input.image cannot be decoded as PNG or JPEG: {_image_detail(error)}",
-            field="input.image",
-        ) from None
-    scale = pre.resize / min(rgb.size)
-    size = (max(pre.size, round(rgb.width * scale)), max(pre.size, round(rgb.height * scale)))
-    resized = rgb.resize(size, Image.Resampling.BILINEAR)
-    left, top = (resized.width - pre.size) // 2, (resized.height - pre.size) // 2
-    crop = resized.crop((left, top, left + pre.size, top + pre.size))
-    pixels = torch.from_numpy(np.asarray(crop, dtype=np.float32) / 255.0)
+    """Decode a PNG, JPEG or WebP image, turn it upright (EXIF orientation), resize and crop
+    it as torchvision's Resize(pre.resize) + CenterCrop(pre.size), then ToTensor and Normalize
+    → (C, size, size)."""
+    image = load_image(
+        data,
+        mode="RGB" if pre.channels == 3 else "L",
+        crop=(pre.resize, pre.size),
+        max_pixels=limits.max_pixels,
+    )
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
     pixels = pixels.unsqueeze(-1) if pixels.dim() == 2 else pixels
     chw = pixels.permute(2, 0, 1).contiguous()
     mean = torch.tensor(pre.mean).view(-1, 1, 1)
     std = torch.tensor(pre.std).view(-1, 1, 1)
     return (chw - mean) / std
-
-
-def _image_detail(error: BaseException) -> str:
-    # PIL names the in-memory file object ("<_io.BytesIO object at 0x7f...>"): say "image".
-    text = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "image", str(error))
-    return " ".join(text.split())[:_DETAIL_MAX] or type(error).__name__
 
 
 def tensor_from_message(message: pb.Tensor, pre: Preprocess, limits: Limits) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The bad-input corpus (bad_inputs.yaml): load its cases, send each one, check the answer.
 
 A case is one malformed request and what it must get: an HTTP status (a 4xx), the request field
-the error names, and the gRPC code. It is sent over each transport it lists:
+the error names, and the gRPC code; or, for a case with `status: 200` and no field, an answer
+without an error (OK on gRPC). It is sent over each transport it lists:
 
     rest     POST /{path}/{model}           (JSON body, raw bytes, multipart or form fields)
     grpc     InferenceAPIsService.Predictions
@@ -39,7 +40,7 @@ from .payloads import MARK, image_bytes, sample_png, tensor_json
 __all__ = ["CORPUS", "Case", "Outcome", "Target", "check", "load_cases", "send"]
 
 CORPUS = Path(__file__).with_name("bad_inputs.yaml")
-_GRPC_FOR_HTTP = {400: "INVALID_ARGUMENT", 415: "INVALID_ARGUMENT", 404: "NOT_FOUND"}
+_GRPC_FOR_HTTP = {200: "OK", 400: "INVALID_ARGUMENT", 415: "INVALID_ARGUMENT", 404: "NOT_FOUND"}
 _BODY_FORMS = ("request", "text", "hex", "image", "form", "urlencoded", "grpc_input", "big")
 
 

@@ -1,0 +1,172 @@
+"""Image bytes → an upright PIL image, optionally resized and centre-cropped for a model.
+
+The server (`codec.image_to_tensor`) and the CLI's overlay (`cli._image_like`) both call
+`load_image`, so an overlay lines up with the map it is drawn under. Resizing and cropping are
+torchvision's own (`Resize(resize)` + `CenterCrop(size)` on a PIL image), not a copy of their
+arithmetic, so a model trained with those transforms sees the pixels it was trained on.
+
+Every failure is an `InvalidArgument` naming `field`: an `UnsupportedMediaType` (415) for bytes
+that are no PNG, JPEG or WebP, a `LimitExceeded` for too many pixels, else a 400.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import warnings
+
+import torchvision.transforms.functional as tvf  # type: ignore[import-untyped]
+from PIL import ExifTags, Image
+
+from .errors import InvalidArgument, LimitExceeded, UnsupportedMediaType
+
+__all__ = ["ACCEPTED", "image_format", "load_image", "resize_crop"]
+
+ACCEPTED = "PNG, JPEG or WebP"  # as error messages name the accepted encodings
+
+# PIL format name → the bytes a file of it starts with. Only these decoders may run: PIL's
+# others (EPS, TIFF, ...) parse far more than a photograph needs.
+_IMAGE_MAGIC: dict[str, re.Pattern[bytes]] = {
+    "PNG": re.compile(rb"\x89PNG\r\n\x1a\n"),
+    "JPEG": re.compile(rb"\xff\xd8\xff"),
+    "WEBP": re.compile(rb"RIFF.{4}WEBP", re.DOTALL),  # a RIFF container of type WEBP
+}
+# What each may decode as: a multi-picture JPEG (many phone cameras) opens as PIL's "MPO".
+_IMAGE_FORMATS = {"PNG": ("PNG",), "JPEG": ("JPEG", "MPO"), "WEBP": ("WEBP",)}
+_NAMES = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP"}
+_DETAIL_MAX = 300  # characters of a parser's message quoted in an error
+# EXIF Orientation → the transpose that makes the stored pixels upright (1: already upright;
+# 6, "rotate 90 clockwise to view", is PIL's counter-clockwise ROTATE_270).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+# What reading a malformed EXIF block raises: SyntaxError for a bad header, struct.error for a
+# truncated directory (TypeError: an orientation value that is not hashable).
+_EXIF_ERRORS = (OSError, SyntaxError, TypeError, ValueError, struct.error)
+
+
+def image_format(data: bytes) -> str | None:
+    """The PIL format name of an accepted image (by its magic bytes), None for anything else."""
+    for name, magic in _IMAGE_MAGIC.items():
+        if magic.match(data):
+            return name
+    return None
+
+
+def load_image(
+    data: bytes,
+    *,
+    mode: str = "RGB",
+    crop: tuple[int, int] | None = None,
+    max_pixels: int | None = None,
+    field: str = "input.image",
+) -> Image.Image:
+    """Decode a PNG, JPEG or WebP image, turn it upright, convert it to `mode` ("RGB", "L").
+
+    `crop` = (resize, size): then the shorter side is resized to `resize` and the centre
+    `size` × `size` cut out, as torchvision's `Resize(resize)` + `CenterCrop(size)`. Images
+    above `max_pixels` (width × height) are refused before their pixels are decoded.
+    """
+    kind = image_format(data)
+    if kind is None:
+        raise UnsupportedMediaType(f"{field} must be {ACCEPTED}", field=field)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if kind == "WEBP":  # PIL's WebP decoder allocates its canvas when it opens
+                _check_webp(data, max_pixels, field)
+            image = Image.open(io.BytesIO(data), formats=(kind,))
+            _check_pixels(image.size, max_pixels, field)
+            if image.format not in _IMAGE_FORMATS[kind]:
+                raise UnsupportedMediaType(f"{field} must be {ACCEPTED}", field=field)
+            image.load()
+            picture = _upright(image).convert(mode)
+    except (
+        OSError,
+        SyntaxError,
+        ValueError,
+        struct.error,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as error:
+        if isinstance(error, InvalidArgument):
+            raise
+        raise InvalidArgument(
+            f"{field} cannot be decoded as {_NAMES[kind]}: {_detail(error)}", field=field
+        ) from None
+    return picture if crop is None else resize_crop(picture, *crop)
+
+
+def resize_crop(image: Image.Image, resize: int, size: int) -> Image.Image:
+    """torchvision's `Resize(resize)` then `CenterCrop(size)` (bilinear, PIL's antialiasing;
+    a crop larger than the resized image is padded with zeros, as CenterCrop does)."""
+    resized: Image.Image = tvf.resize(image, [resize])
+    cropped: Image.Image = tvf.center_crop(resized, [size])
+    return cropped
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int | None, field: str) -> None:
+    width, height = size
+    if max_pixels is not None and width * height > max_pixels:
+        raise LimitExceeded(
+            f"{field} is {width}×{height} pixels, above the server limit max_pixels={max_pixels}",
+            field=field,
+        )
+
+
+def _check_webp(data: bytes, max_pixels: int | None, field: str) -> None:
+    """`_check_pixels` and PIL's decompression-bomb limit on the size a WebP header declares
+    (Image.open checks the bomb limit only after making the decoder)."""
+    width, height = size = _webp_size(data, field)
+    _check_pixels(size, max_pixels, field)
+    bomb = Image.MAX_IMAGE_PIXELS
+    if bomb is not None and width * height > bomb:
+        raise LimitExceeded(
+            f"{field} is {width}×{height} pixels, above PIL's decompression-bomb limit {bomb}",
+            field=field,
+        )
+
+
+def _webp_size(data: bytes, field: str) -> tuple[int, int]:
+    """Width and height a WebP file declares, read from its first chunk (the WebP container
+    specification: VP8X canvas, VP8L lossless or VP8 lossy frame header)."""
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        width, height = (int.from_bytes(data[i : i + 3], "little") + 1 for i in (24, 27))
+        return width, height
+    if chunk == b"VP8L" and len(data) >= 25 and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30 and data[23:26] == b"\x9d\x01\x2a":
+        width, height = (int.from_bytes(data[i : i + 2], "little") & 0x3FFF for i in (26, 28))
+        return width, height
+    raise InvalidArgument(
+        f"{field} cannot be decoded as WebP: no VP8, VP8L or VP8X header", field=field
+    )
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF (or XMP) Orientation tag says: a phone's "rotate 90"
+    photograph comes out upright. An unreadable EXIF block is ignored (the pixels are used as
+    stored, as viewers show such a file). Not `ImageOps.exif_transpose`: it also re-encodes
+    the rest of the block, which fails on tags it could read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about each corrupt tag it skips
+            method = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except _EXIF_ERRORS:
+        return image
+    return image if method is None else image.transpose(method)
+
+
+def _detail(error: BaseException) -> str:
+    # PIL names the in-memory file object ("<_io.BytesIO object at 0x7f...>"): say "image".
+    text = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "image", str(error))
+    return " ".join(text.split())[:_DETAIL_MAX] or type(error).__name__
