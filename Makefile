@@ -28,11 +28,16 @@ install: $(STAMP) java protos
 protos: $(STAMP)
 	$(BIN)/python tools/gen_protos.py
 
-# The demo model: trained once (about a minute on 2 cores), then three archives in model_store/.
+# The demo models: the shapes CNN (trained once, ~90 s on 2 cores) archived three ways, and the
+# pretrained EfficientNet-Lite0 archived through `smoothexplain archive`.
 model: install
+	@echo "== demo models: the shapes CNN (trained once, about 90 s on 2 cores), three archives"
 	$(BIN)/python -m smoothexplain.demo.archive --artifacts artifacts/demo --store model_store
+	@echo "== the pretrained EfficientNet-Lite0, through smoothexplain archive (checked first)"
+	$(BIN)/python -m smoothexplain.demo.lite0 --artifacts artifacts/lite0 --store model_store
 
 $(STAMP): pyproject.toml constraints.txt
+	@echo "== installing into $(VENV): PyTorch 2.14.1, TorchServe 0.12.0 and the rest (minutes, once)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip $(QUIET)
 	$(PIP) install -c constraints.txt torch==2.14.1 torchvision==0.29.1 $(QUIET)

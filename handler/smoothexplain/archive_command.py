@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from .archiving import ModelSource, Preprocessing, build_archive
+from .archiving import ArchiveFailed, ModelSource, Preprocessing, build_archive
 from .errors import InvalidArgument
 
-__all__ = ["add_archive", "run_archive"]
+__all__ = ["EXIT_CANNOT_SERVE", "add_archive", "run_archive"]
+
+EXIT_CANNOT_SERVE = 2
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -86,7 +89,20 @@ def run_archive(args: argparse.Namespace) -> int:
         torchscript=args.torchscript,
         onnx=args.onnx,
     )
-    path = build_archive(
+    try:
+        path = _build(args, source)
+    except ArchiveFailed as error:  # the model cannot serve: exit 2, like a bad argument
+        print(f"error: {error.message}", file=sys.stderr)
+        return EXIT_CANNOT_SERVE
+    print(
+        f"wrote {path}; serve it with: smoothexplain serve --model-store {args.store} "
+        f"--models {args.name}={path.name}"
+    )
+    return 0
+
+
+def _build(args: argparse.Namespace, source: ModelSource) -> Path:
+    return build_archive(
         args.name,
         source,
         store=args.store,
@@ -98,8 +114,3 @@ def run_archive(args: argparse.Namespace) -> int:
         check=args.check,
         force=args.force,
     )
-    print(
-        f"wrote {path}; serve it with: smoothexplain serve --model-store {args.store} "
-        f"--models {args.name}={path.name}"
-    )
-    return 0

@@ -98,6 +98,12 @@ def _scores(model: torch.nn.Module, rows: torch.Tensor, config: ServingConfig) -
             f"the model returns a tensor of shape {tuple(result.shape)} for {len(rows)} rows; "
             "it must be (rows, classes) scores"
             + (f" (config 'output' is {config.output!r})" if config.output else "")
+            + (
+                "; a first axis that does not follow the rows means an export with a fixed "
+                "batch size: export with a dynamic first axis (dynamic_axes={'input': {0: 'rows'}})"
+                if result.dim() >= 1 and len(result) != len(rows)
+                else ""
+            )
         )
     return result
 

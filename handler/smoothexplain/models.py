@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -100,10 +101,16 @@ def _eager(
     # weights_only=True: a state_dict holding a pickled object (code) is refused, not run.
     try:
         state = torch.load(weights, map_location=device, weights_only=True)
+    except pickle.UnpicklingError:
+        raise InvalidArgument(
+            f"{weights.name}: Weights only load failed: torch.load(weights_only=True) refuses "
+            "files holding objects other than tensors (unpickling them could run code); "
+            "save model.state_dict() itself",
+            field="weights",
+        ) from None
     except Exception as error:
         raise InvalidArgument(
-            f"{weights.name} cannot be loaded as a state_dict with weights_only=True: "
-            f"{type(error).__name__}",
+            f"{weights.name} cannot be read by torch.load: {type(error).__name__}: {error}",
             field="weights",
         ) from None
     if not isinstance(state, dict):
@@ -116,7 +123,14 @@ def _onnx(weights: Path) -> nn.Module:
     import onnx  # optional serving dependencies, imported only for ONNX models
     from onnx2torch import convert  # type: ignore[import-untyped]
 
-    converted: nn.Module = convert(onnx.load(str(weights)))
+    try:
+        converted: nn.Module = convert(onnx.load(str(weights)))
+    except NotImplementedError as error:  # an operator or opset onnx2torch does not know
+        raise InvalidArgument(
+            f"{weights.name} cannot be converted to PyTorch by onnx2torch ({error}); export "
+            "with torch.onnx.export(..., dynamo=False, opset_version=17)",
+            field="weights",
+        ) from None
     return converted
 
 

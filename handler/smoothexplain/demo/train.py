@@ -172,10 +172,13 @@ def _fit(
         optimizer, max_lr=config.max_lr, total_steps=config.epochs * steps_per_epoch
     )
     loss = float("nan")
-    for _ in range(config.epochs):
+    started = time.monotonic()
+    for epoch in range(config.epochs):
         loss = _run_epoch(
             model, data, optimizer, scheduler, config.batch_size, generator, config.noise_max
         )
+        elapsed = time.monotonic() - started
+        print(f"  epoch {epoch + 1}/{config.epochs}: loss {loss:.3f} ({elapsed:.0f} s)", flush=True)
     return loss
 
 

@@ -1,0 +1,280 @@
+"""`smoothexplain archive` end to end: a user's own model.py, a TorchScript and an ONNX file
+archived, checked, served by `smoothexplain serve` and explained; every broken case exits 2
+with a message naming the problem; the CLI finds the running server through its record."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from serveproc import ServeProcess
+
+from smoothexplain.cli import main as cli_main
+from smoothexplain.client import SmoothExplainClient, attribution
+
+pytestmark = pytest.mark.integration
+
+USER_MODEL = textwrap.dedent(
+    '''
+    """A user's model, defined outside the smoothexplain package."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+
+    class TinyNet(nn.Module):
+        def __init__(self, classes: int = 4, width: int = 8) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, width, 3, padding=1)
+            self.bn = nn.BatchNorm2d(width)
+            self.head = nn.Linear(width, classes)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+    class ReshapeNet(TinyNet):
+        def forward(self, x):
+            # an exporter without a dynamic first axis bakes x.shape[0] into the Reshape
+            return self.head(F.relu(self.bn(self.conv(x))).mean((2, 3)).reshape(x.shape[0], -1))
+
+
+    class PairNet(TinyNet):
+        def forward(self, x):
+            return super().forward(x), x.mean((1, 2, 3))
+
+
+    class FlatNet(TinyNet):
+        def forward(self, x):
+            return super().forward(x).unsqueeze(-1)
+    '''
+)
+PRE = [
+    "--size",
+    "32",
+    "--resize",
+    "32",
+    "--mean",
+    "0.5",
+    "0.5",
+    "0.5",
+    "--std",
+    "0.25",
+    "0.25",
+    "0.25",
+]
+
+
+def namespace_model(name: str) -> torch.nn.Module:
+    """A fresh instance of one of USER_MODEL's classes, compiled in this process."""
+    namespace: dict[str, object] = {}
+    exec(compile(USER_MODEL, "user_model.py", "exec"), namespace)
+    model = namespace[name]()  # type: ignore[operator]
+    assert isinstance(model, torch.nn.Module)
+    return model.eval()
+
+
+def _tiny() -> torch.nn.Module:
+    model = namespace_model("TinyNet")
+    with torch.no_grad():  # non-trivial BatchNorm statistics: train/eval differ
+        model.bn.running_mean.uniform_(-0.5, 0.5)  # type: ignore[union-attr,operator]
+        model.bn.running_var.uniform_(0.5, 2.0)  # type: ignore[union-attr,operator]
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("usermodel")
+    torch.manual_seed(0)
+    model = _tiny()
+    (root / "user_model.py").write_text(USER_MODEL)
+    torch.save(model.state_dict(), root / "tiny.pt")
+    example = torch.zeros(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # jit.trace's and the legacy exporter's deprecation
+        torch.jit.save(torch.jit.trace(model, example), str(root / "tiny_ts.pt"))
+        torch.onnx.export(
+            model,
+            (example,),
+            str(root / "tiny.onnx"),
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "rows"}, "logits": {0: "rows"}},
+        )
+        reshaping = namespace_model("ReshapeNet")
+        reshaping.load_state_dict(model.state_dict())
+        torch.onnx.export(
+            reshaping, (example,), str(root / "fixed.onnx"), dynamo=False, opset_version=17
+        )
+        torch.onnx.export(model, (example,), str(root / "opset19.onnx"), dynamo=False)
+        trained = _tiny().train()
+        torch.jit.save(torch.jit.trace(trained, example), str(root / "train_mode.pt"))
+    (root / "labels.json").write_text(
+        json.dumps({str(i): [f"n{i:08d}", f"class {i}"] for i in range(4)})
+    )
+    (root / "labels3.json").write_text(json.dumps({str(i): f"c{i}" for i in range(3)}))
+    return {p.name: p for p in root.iterdir()}
+
+
+def _archive(store: Path, name: str, *args: str) -> tuple[int, str]:
+    """`smoothexplain archive` as a user runs it: its own process, exit status and output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "smoothexplain.cli", "archive", name, "--store", str(store), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def _eager(files: dict[str, Path], cls: str = "TinyNet", weights: str = "tiny.pt") -> list[str]:
+    return [
+        "--model-file",
+        str(files["user_model.py"]),
+        "--model-class",
+        cls,
+        "--weights",
+        str(files[weights]),
+        *PRE,
+    ]
+
+
+@pytest.fixture(scope="module")
+def store(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("store")
+    built = [
+        _archive(store, "user", *_eager(files), "--labels", str(files["labels.json"])),
+        _archive(store, "user_ts", "--torchscript", str(files["tiny_ts.pt"]), *PRE),
+        _archive(store, "user_onnx", "--onnx", str(files["tiny.onnx"]), *PRE),
+        _archive(store, "user_pair", *_eager(files, "PairNet"), "--output", "0"),
+    ]
+    for code, output in built:
+        assert code == 0, output
+    assert "3 rows at once = one at a time" in built[0][1]
+    assert "guided_backprop" in built[0][1] and "not applicable" in built[1][1]
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    models = [f"{n}={n}.mar" for n in ("user", "user_ts", "user_onnx", "user_pair")]
+    with ServeProcess(tmp_path_factory.mktemp("serve") / "w", store, models) as serve:
+        yield serve
+
+
+def test_archived_models_serve_and_explain_like_the_original(
+    server: ServeProcess, files: dict[str, Path]
+) -> None:
+    torch.manual_seed(0)
+    reference = _tiny()
+    x = torch.randn(3, 32, 32)
+    with SmoothExplainClient(
+        token_file=Path(server.endpoints["key_file"]), grpc_port=server.ports["grpc-inference"]
+    ) as client:
+        answers = {
+            name: client.explain(name, x, method="gradient", nt_type="none", target=1)
+            for name in ("user", "user_ts", "user_onnx", "user_pair")
+        }
+        labelled = client.predict("user", x, top_k=4)
+    rows = x.unsqueeze(0).requires_grad_(True)
+    reference(rows)[0, 1].backward()
+    for name, answer in answers.items():
+        assert not answer.HasField("error"), name
+        torch.testing.assert_close(attribution(answer), rows.grad[0], rtol=1e-4, atol=1e-5)
+    assert {s.label for s in labelled.top_k} == {f"class {i}" for i in range(4)}
+
+
+def test_the_cli_finds_the_running_server_from_any_folder(
+    server: ServeProcess, tmp_path: Path, files: dict[str, Path]
+) -> None:
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 33), (200, 30, 90)).save(image)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("SMOOTHEXPLAIN_") or k.endswith("STATE_DIR")
+    }
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "smoothexplain"),
+            "explain",
+            str(image),
+            "--model",
+            "user",
+            "--out",
+            "heat.png",
+            "--seed",
+            "1",
+            "--nt-samples",
+            "4",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "heat.png").read_bytes().startswith(b"\x89PNG")
+    assert "top class" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_class", "cannot be imported"),
+        ("wrong_keys", "unexpected keys"),
+        ("tuple_output", "--output 0"),
+        ("not_rows_classes", "(rows, classes)"),
+        ("labels_mismatch", "3 labels"),
+        ("fixed_batch_onnx", "fixed batch size"),
+        ("train_mode_trace", "train mode"),
+        ("onnx_opset_19", "opset_version=17"),
+    ],
+)
+def test_a_model_that_cannot_serve_exits_2_with_its_reason(
+    case: str, message: str, files: dict[str, Path], tmp_path: Path
+) -> None:
+    bad_state = tmp_path / "bad.pt"
+    torch.save({"conv.weight": torch.zeros(8, 3, 3, 3), "extra.bias": torch.zeros(2)}, bad_state)
+    args = {
+        "missing_class": _eager(files, "NoSuchNet"),
+        "wrong_keys": [*_eager(files)[:4], "--weights", str(bad_state), *PRE],
+        "tuple_output": _eager(files, "PairNet"),
+        "not_rows_classes": _eager(files, "FlatNet"),
+        "labels_mismatch": [*_eager(files), "--labels", str(files["labels3.json"])],
+        "fixed_batch_onnx": ["--onnx", str(files["fixed.onnx"]), *PRE],
+        "train_mode_trace": ["--torchscript", str(files["train_mode.pt"]), *PRE],
+        "onnx_opset_19": ["--onnx", str(files["opset19.onnx"]), *PRE],
+    }[case]
+    code, output = _archive(tmp_path / "store", "broken", *args)
+    assert code == 2, output
+    assert message in output
+    assert not (tmp_path / "store" / "broken.mar").exists()
+
+
+def test_an_existing_archive_is_kept_unless_forced(files: dict[str, Path], tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "user.mar").write_bytes(b"old")
+    assert cli_main(["archive", "user", "--store", str(store), *_eager(files), "--no-check"]) == 2
+    assert (store / "user.mar").read_bytes() == b"old"
+    code, output = _archive(
+        store, "user", "--model-store", str(store), *_eager(files), "--force", "--no-check"
+    )
+    assert code == 0, output
+    assert (store / "user.mar").read_bytes()[:2] == b"PK"
