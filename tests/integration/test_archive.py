@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,8 +21,11 @@ from serveproc import ServeProcess
 
 from smoothexplain.cli import main as cli_main
 from smoothexplain.client import SmoothExplainClient, attribution
+from smoothexplain.demo.lite0 import NAME as LITE0
+from smoothexplain.demo.lite0 import main as lite0_main
 
 pytestmark = pytest.mark.integration
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 USER_MODEL = textwrap.dedent(
     '''
@@ -166,9 +171,20 @@ def store(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> P
     return store
 
 
+def _lite0(store: Path, artifacts: Path) -> None:
+    """The demo's EfficientNet-Lite0 archive: `make model`'s copy, else built like it."""
+    built = REPO_ROOT / "model_store" / f"{LITE0}.mar"
+    if built.is_file():
+        shutil.copyfile(built, store / built.name)
+    else:
+        assert lite0_main(["--store", str(store), "--artifacts", str(artifacts)]) == 0
+
+
 @pytest.fixture(scope="module")
 def server(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
-    models = [f"{n}={n}.mar" for n in ("user", "user_ts", "user_onnx", "user_pair")]
+    _lite0(store, tmp_path_factory.mktemp("lite0"))
+    names = ("user", "user_ts", "user_onnx", "user_pair", LITE0)
+    models = [f"{n}={n}.mar" for n in names]
     with ServeProcess(tmp_path_factory.mktemp("serve") / "w", store, models) as serve:
         yield serve
 
@@ -278,3 +294,47 @@ def test_an_existing_archive_is_kept_unless_forced(files: dict[str, Path], tmp_p
     )
     assert code == 0, output
     assert (store / "user.mar").read_bytes()[:2] == b"PK"
+
+
+def _readme_block(marker: str) -> str:
+    text = (REPO_ROOT / "README.md").read_text()
+    after = text[text.index(f"<!-- readme-test: {marker}") :]
+    found = re.search(r"```bash\n(.*?)```", after, re.DOTALL)
+    assert found is not None
+    return found.group(1)
+
+
+def test_the_readme_curl_lines_work_on_the_cat_photograph(
+    server: ServeProcess, tmp_path: Path
+) -> None:
+    """The README's REST block, verbatim but for the port, in a folder laid out as `make run`
+    leaves it (run/server/key_file.json, run/cat.png)."""
+    from skimage import data
+
+    (tmp_path / "run" / "server").mkdir(parents=True)
+    (tmp_path / "run" / "server" / "key_file.json").symlink_to(server.endpoints["key_file"])
+    from PIL import Image
+
+    Image.fromarray(data.chelsea()).save(tmp_path / "run" / "cat.png")
+    port = str(server.ports["inference"])
+    script = _readme_block("rest").replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    assert script.count(port) == 2
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    decoder, answers, rest = json.JSONDecoder(), [], done.stdout.strip()
+    while rest:
+        answer, end = decoder.raw_decode(rest)
+        answers.append(answer)
+        rest = rest[end:].strip()
+    predicted, explained = answers
+    assert [s["label"] for s in predicted["top_k"][:3]] == ["Egyptian cat", "tabby", "tiger cat"]
+    assert explained["attribution"]["shape"] == [3, 224, 224]
+    assert explained["attribution"]["dtype"] == "DTYPE_FLOAT16"
+    assert explained["seed"] == "7" and explained["target"] == 285
