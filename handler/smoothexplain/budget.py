@@ -28,7 +28,7 @@ RESPONSE_TIMEOUT_SHARE = 0.8
 
 
 class Budgeted(nn.Module):
-    """`model` (its modules visible, so guided backprop still finds its ReLUs) with a deadline
+    """`model` (its modules visible: guided backprop sees TorchScript through it) with a deadline
     on `time.monotonic()`; `until = None` means no deadline."""
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor]) -> None:

@@ -47,6 +47,9 @@ __all__ = ["ExplainService", "Incoming", "Outgoing"]
 
 log = logging.getLogger(__name__)
 
+# Engine arguments that are request options under another name (e.g. guided backprop refused).
+_ENGINE_FIELDS = {"method": "options.method"}
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -355,7 +358,13 @@ class ExplainService:
             self._guard(work, partial(self._finish, result=result))
 
     def _run_alone(self, work: _Work, job: ExplainJob) -> None:
-        self._finish(work, self._run([job])[0])
+        try:
+            result = self._run([job])[0]
+        except InvalidArgument as error:  # the engine names its argument; answer the field
+            if error.field not in _ENGINE_FIELDS:
+                raise
+            raise type(error)(error.message, field=_ENGINE_FIELDS[error.field]) from None
+        self._finish(work, result)
 
     def _job(self, work: _Work) -> ExplainJob:
         assert work.inputs is not None and work.spec is not None and work.request is not None

@@ -86,10 +86,13 @@ def _grpc(
 
 
 def _rest(
-    server: TorchServeInstance, request: pb.Request, path: str = "explanations"
+    server: TorchServeInstance,
+    request: pb.Request,
+    path: str = "explanations",
+    model: str = "shapes",
 ) -> tuple[int, pb.Response]:
     answer = requests.post(
-        f"{server.inference_url}/{path}/shapes",
+        f"{server.inference_url}/{path}/{model}",
         data=json_format.MessageToJson(request),
         headers={**server.inference_headers(), "Content-Type": "application/json"},
         timeout=120,
@@ -298,3 +301,53 @@ def test_the_typed_client_raises_invalid_argument(
             client.explain("shapes", _png(4, 4), nt_samples=100_000)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.field == "options.nt_samples"
+
+
+def test_guided_backprop_on_torchscript_is_refused_for_that_request_only(
+    server: TorchServeInstance, stub: ts_grpc.InferenceAPIsServiceStub
+) -> None:
+    png = _png(6, 5)
+    guided = _request(png, seed=2, nt_samples=3, method=pb.METHOD_GUIDED_BACKPROP)
+    gradient = _request(png, seed=2, nt_samples=3)
+    for _ in range(5):  # until the four land in one batch
+        results = _concurrently(
+            [
+                lambda: _rest(server, guided, model="shapes_ts"),
+                lambda: _grpc(server, stub, guided, "shapes_ts"),
+                lambda: _grpc(server, stub, gradient, "shapes_ts"),
+                lambda: _rest(server, gradient, model="shapes_ts"),
+            ]
+        )
+        (rest_status, rest_refused), grpc_refused, grpc_mate, (mate_status, rest_mate) = results
+        if grpc_mate.timings.batch_size >= 3:
+            break
+    assert grpc_mate.timings.batch_size >= 3
+    assert rest_status == 400 and rest_refused.error.field == "options.method"
+    assert "TorchScript" in rest_refused.error.message
+    assert grpc_refused.error.grpc_code == "INVALID_ARGUMENT"
+    assert grpc_refused.error.field == "options.method"
+    assert mate_status == 200
+    alone = _grpc(server, stub, gradient, "shapes_ts")
+    torch.testing.assert_close(_attr(grpc_mate), _attr(alone))
+    torch.testing.assert_close(_attr(rest_mate), _attr(alone))
+    eager = _grpc(server, stub, guided)  # the eager archive of the same network serves it
+    local = _local(png, eager, nt_samples=3, method="guided_backprop")
+    torch.testing.assert_close(_attr(eager), local, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_the_typed_client_names_options_method_for_guided_torchscript(
+    server: TorchServeInstance, transport: Literal["grpc", "rest"]
+) -> None:
+    with SmoothExplainClient(
+        transport=transport,
+        rest_port=server.ports.inference,
+        grpc_port=server.ports.grpc_inference,
+        token=server.inference_token,
+    ) as client:
+        served = client.explain("shapes", _png(4, 4), method="guided_backprop", nt_samples=2)
+        assert attribution(served).shape == (3, 64, 64)
+        with pytest.raises(ExplainError) as info:
+            client.explain("shapes_ts", _png(4, 4), method="guided_backprop", nt_samples=2)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.field == "options.method" and info.value.http_status == 400

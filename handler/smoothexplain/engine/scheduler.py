@@ -15,13 +15,13 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from ..errors import InvalidArgument, ModelOutputError, ResourceExhausted
 from ..spec import MIN_SAMPLES_FOR_STOPPING, ExplainSpec, Method, NtType, Precision
 from .aggregate import Moments
+from .guided import GuidedModel
 from .joint import joint_alphas, joint_rows, point_attributions
-from .methods import finish_sample, guided_relus
+from .methods import finish_sample
 from .noise import NoiseStream, make_generator, noise_scale
 from .pass_tuning import PassTuner
 from .quadrature import path_points
@@ -201,6 +201,7 @@ class Scheduler:
         if memory_budget is not None and memory_budget < 1:
             raise InvalidArgument("memory_budget must be >= 1 byte", field="memory_budget")
         self.model = model
+        self._call: Model = model  # for the group being run: the model, or it under GuidedModel
         self.chunk_rows = chunk_rows
         self.memory_budget = memory_budget  # bytes of activations + rows per model call
         self.stats = SchedulerStats()
@@ -232,18 +233,14 @@ class Scheduler:
     def run(self, jobs: Sequence[ExplainJob]) -> list[JobResult]:
         self.stats = SchedulerStats()
         runs = [_Run(job) for job in jobs]
+        # Built first: a model guided backprop cannot serve is refused before any pass.
+        guided = GuidedModel(self.model) if any(_guided(run) for run in runs) else None
         for group in _groups(runs):
-            guided = group[0].spec.method is Method.GUIDED_BACKPROP
-            gate = (
-                guided_relus(self.model)
-                if guided and isinstance(self.model, nn.Module)
-                else nullcontext()
-            )
+            self._call = guided if guided is not None and _guided(group[0]) else self.model
             self._precision = group[0].spec.precision
             self._kind = _group_key(group[0])
-            with gate:
-                for pieces, rows in self._chunks(group):
-                    self._process(pieces, rows)
+            for pieces, rows in self._chunks(group):
+                self._process(pieces, rows)
         return [_result(run) for run in runs]
 
     def _chunks(self, group: list[_Run]) -> Iterator[tuple[list[_Piece], torch.Tensor]]:
@@ -323,7 +320,7 @@ class Scheduler:
         return grads
 
     def _scores(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        out = self.model(rows)
+        out = self._call(rows)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != rows.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelOutputError(
@@ -370,12 +367,16 @@ def _stop_converged(runs: Iterable[_Run]) -> None:
             run.total_rows = run.next_row
 
 
+def _guided(run: _Run) -> bool:
+    return run.spec.method is Method.GUIDED_BACKPROP
+
+
 def _group_key(run: _Run) -> tuple[object, ...]:
     return (
         tuple(run.x.shape),
         run.x.dtype,
         run.x.device,
-        run.spec.method is Method.GUIDED_BACKPROP,
+        _guided(run),
         run.spec.precision,
     )
 
