@@ -28,7 +28,7 @@ from .codec import (
     tensor_to_message,
 )
 from .config import ServingConfig
-from .engine import ExplainJob, JobResult, Scheduler
+from .engine import ExplainJob, JobResult, Scheduler, guided_refusal
 from .errors import (
     DeadlineExceeded,
     InternalError,
@@ -111,6 +111,7 @@ class ExplainService:
         self.bounds = (torch.tensor(low).view(-1, 1, 1), torch.tensor(high).view(-1, 1, 1))
         budget = config.memory_budget_mb
         self.budget = Budgeted(model)  # the engine's model calls stop once the time is up
+        self.guided_refusal = guided_refusal(model)  # TorchScript: known before any request
         self.scheduler = Scheduler(
             self.budget,
             config.nt_samples_batch_size,
@@ -210,6 +211,10 @@ class ExplainService:
             )
         if request.explain:
             work.spec = self._spec(request.options)
+            if work.spec.method is Method.GUIDED_BACKPROP and self.guided_refusal:
+                # Known not to apply to this model: refused before it can fail a shared run
+                # (which would send every batch-mate through a run of its own).
+                raise InvalidArgument(self.guided_refusal, field="options.method")
             has_seed = request.options.HasField("seed")
             work.seed = request.options.seed if has_seed else secrets.randbits(62)
         work.response.model = self.model_name
@@ -363,6 +368,8 @@ class ExplainService:
         except InvalidArgument as error:  # the engine names its argument; answer the field
             if error.field not in _ENGINE_FIELDS:
                 raise
+            if job.spec.method is Method.GUIDED_BACKPROP and error.field == "method":
+                self.guided_refusal = error.message  # a property of the model: remember it
             raise type(error)(error.message, field=_ENGINE_FIELDS[error.field]) from None
         self._finish(work, result)
 

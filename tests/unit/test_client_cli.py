@@ -41,6 +41,7 @@ from smoothexplain.client import (
 from smoothexplain.codec import GRPC_KEY
 from smoothexplain.config import parse_config
 from smoothexplain.errors import InvalidArgument
+from smoothexplain.local_server import STATE_DIR_ENV
 from smoothexplain.service import ExplainService, Incoming
 from smoothexplain.spec import Method
 
@@ -385,7 +386,8 @@ def test_token_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert resolve_token(None, named, {KEY_FILE_ENV: str(from_env)}) == "from-named-file"
     assert resolve_token(None, None, {KEY_FILE_ENV: str(from_env)}) == "from-env-file"
     monkeypatch.chdir(tmp_path)
-    assert resolve_token(None, None, {}) is None  # no ./key_file.json
+    nothing = {STATE_DIR_ENV: str(tmp_path / "no-state")}  # and no local server record
+    assert resolve_token(None, None, nothing) is None  # no ./key_file.json
     _key_file(tmp_path / "key_file.json", "from-cwd")
     assert resolve_token(None, None, {}) == "from-cwd"
 

@@ -226,3 +226,38 @@ def test_the_service_serves_guided_backprop_on_the_eager_model() -> None:
         bounds=service.bounds,
     )
     torch.testing.assert_close(message_to_tensor(response.attribution), expected[0])
+
+
+class _Counting(nn.Module):
+    """A model without ReLU-type units that counts its calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(192, 8), nn.Tanh(), nn.Linear(8, 3))
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        result: torch.Tensor = self.net(x)
+        return result
+
+
+def test_a_known_refusal_costs_no_model_pass_and_no_shared_run() -> None:
+    """TorchScript is known at load; a model without ReLUs once its first guided request
+    failed: later guided requests are refused while decoding, so their batch-mates keep their
+    shared run."""
+    scripted = _service(quiet_trace(cnn("nn.ReLU"), inputs(1)))
+    assert scripted.guided_refusal is not None and "TorchScript" in scripted.guided_refusal
+    assert _service(cnn("nn.ReLU")).guided_refusal is None
+    model = _Counting()
+    service = _service(model)
+    x = inputs(2)
+    guided = _request(x[0], pb.METHOD_GUIDED_BACKPROP).SerializeToString()
+    (first,) = service.handle([Incoming(guided, from_grpc=True)])
+    assert first.status == 400 and service.guided_refusal is not None
+    before = model.calls
+    (again,) = service.handle([Incoming(guided, from_grpc=True)])
+    assert again.status == 400
+    answer = pb.Response.FromString(again.body)  # type: ignore[arg-type]
+    assert answer.error.field == "options.method" and "no ReLU-type unit" in answer.error.message
+    assert model.calls == before  # refused before the prediction pass, too

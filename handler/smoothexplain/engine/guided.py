@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..errors import InvalidArgument
 
-__all__ = ["GuidedModel"]
+__all__ = ["GuidedModel", "guided_refusal"]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 # (args, kwargs) of a call → its upper bound when it is a ReLU-type unit, else None
@@ -206,3 +206,12 @@ class GuidedModel:
                 field="method",
             )
         return scores
+
+
+def guided_refusal(model: Model) -> str | None:
+    """Why guided backprop can never apply to `model` as given (TorchScript), else None."""
+    try:
+        GuidedModel(model)
+    except InvalidArgument as error:
+        return error.message
+    return None
