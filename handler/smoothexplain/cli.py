@@ -243,7 +243,8 @@ def _write_outputs(args: argparse.Namespace, response: pb.Response, image: bytes
         args.out.write_bytes(response.heatmap_png or heatmap_png(heat))
         written.append(f"heatmap {args.out}")
     if args.overlay:
-        args.overlay.write_bytes(overlay_png(heat, _image_like(image, heat)))
+        crop = (response.crop.resize, response.crop.size) if response.HasField("crop") else None
+        args.overlay.write_bytes(overlay_png(heat, _image_like(image, heat, crop)))
         written.append(f"overlay {args.overlay}")
     if args.save_attributions:
         np.save(args.save_attributions, heat.numpy())
@@ -257,8 +258,8 @@ def _image_like(
 ) -> np.ndarray:
     """The image as (H, W, 3) uint8 matching the map, upright as its EXIF orientation says.
 
-    `crop` = the model's (resize, size): cut as the server cuts it (torchvision's Resize +
-    CenterCrop). Without it (the Response does not carry the model's preprocess settings) the
+    `crop` = the model's (resize, size), as the Response reports it: cut as the server cuts it
+    (torchvision's Resize + CenterCrop). Without it (a server older than Response.crop) the
     centre square, which matches exactly when the model's resize equals its crop size. Then
     resized to the map's size where that differs.
     """

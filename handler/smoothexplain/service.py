@@ -198,6 +198,8 @@ class ExplainService:
         source = request.input.WhichOneof("source")
         if source == "image":
             x = image_to_tensor(request.input.image, self.config.preprocess, limits)
+            pre = self.config.preprocess
+            work.response.crop.resize, work.response.crop.size = pre.resize, pre.size
         elif source == "tensor":
             x = tensor_from_message(request.input.tensor, self.config.preprocess, limits)
         else:

@@ -539,3 +539,31 @@ def test_explain_error_redacts_the_token() -> None:
     error.redact(TOKEN)
     assert TOKEN not in str(error) and TOKEN not in error.details() and TOKEN not in repr(error)
     assert error.field == "x" and error.code() is grpc.StatusCode.INTERNAL
+
+
+def test_the_overlay_is_cut_as_the_response_says_the_server_cut_it(tmp_path: Path) -> None:
+    """A 256/224 model crops 87.5 % of the short side: the overlay must show that part."""
+    import argparse
+    import io
+
+    from PIL import Image
+
+    from smoothexplain import cli
+    from smoothexplain.codec import tensor_to_message
+    from smoothexplain.heatmap import overlay_png
+
+    gradient = np.tile(np.arange(300, dtype=np.uint8)[None, :, None], (200, 1, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(gradient).save(buffer, format="PNG")
+    photo = buffer.getvalue()
+    heat = torch.zeros(3, 224, 224)
+    response = pb.Response(attribution=tensor_to_message(heat))
+    response.crop.resize, response.crop.size = 256, 224
+    args = argparse.Namespace(out=None, overlay=tmp_path / "o.png", save_attributions=None)
+    cli._write_outputs(args, response, photo)
+    written = np.asarray(Image.open(tmp_path / "o.png"))
+    expected = overlay_png(heat, cli._image_like(photo, heat, (256, 224)))
+    assert np.array_equal(written, np.asarray(Image.open(io.BytesIO(expected))))
+    # resize 256 makes the 300-wide photo 384 wide; the 224 crop starts at column 80 of it,
+    # i.e. photo column ~62 — not the centre square's column 50
+    assert 55 <= int(written[112, 0, 0]) <= 70

@@ -217,3 +217,12 @@ def test_the_configured_default_encoding_applies() -> None:
     service = ExplainService(small_cnn(), config, {}, torch.device("cpu"))
     (response,) = _grpc(service, _tensor_request(torch.randn(3, 8, 8)))
     assert response.heatmap_png and not response.HasField("attribution")
+
+
+def test_image_answers_say_how_the_image_was_cut(service: ExplainService) -> None:
+    (image,) = _grpc(service, pb.Request(input=pb.Input(image=_png(20)), explain=True))
+    assert image.HasField("crop") and (image.crop.resize, image.crop.size) == (8, 8)
+    (tensor,) = _grpc(service, _tensor_request(torch.zeros(3, 8, 8)))
+    assert not tensor.HasField("crop")  # a tensor input was never cut
+    (failed,) = _grpc(service, pb.Request(input=pb.Input(image=b"\x89PNG broken")))
+    assert failed.HasField("error") and not failed.HasField("crop")
