@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,14 @@ def _export(artifacts: Path, fmt: str, size: int) -> Path:
         return path
     model = load_model(artifacts)
     example = torch.zeros(2, 3, size, size)
+    with warnings.catch_warnings():  # torch.jit's and the legacy ONNX exporter's notices
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _write(model, example, fmt, path)
+    return path
+
+
+def _write(model: torch.nn.Module, example: torch.Tensor, fmt: str, path: Path) -> None:
     if fmt == "torchscript":
         torch.jit.save(torch.jit.trace(model, example), str(path))  # type: ignore[no-untyped-call]
     else:  # dynamo=False: the legacy exporter needs no onnxscript
@@ -47,7 +56,6 @@ def _export(artifacts: Path, fmt: str, size: int) -> Path:
             output_names=["logits"],
             dynamic_axes={"input": {0: "rows"}, "logits": {0: "rows"}},
         )
-    return path
 
 
 def _model_config(template: Path, fmt: str, weights: Path, meta: dict[str, Any]) -> str:
@@ -76,6 +84,7 @@ def build_archives(
         with tempfile.TemporaryDirectory() as tmp:
             config = Path(tmp) / "model-config.yaml"
             config.write_text(_model_config(template, fmt, weights, meta))
+            (store / f"{name}.mar").unlink(missing_ok=True)  # rebuilt: no "Overwriting" notice
             extra = ",".join(str(p) for p in (weights, artifacts / INDEX_TO_NAME_FILE))
             archiver = shutil.which("torch-model-archiver", path=str(Path(sys.executable).parent))
             subprocess.run(
@@ -98,7 +107,7 @@ def build_archives(
                 check=True,
             )
         built.append(store / f"{name}.mar")
-        print(f"built {built[-1]} ({fmt})")
+        print(f"built {built[-1]} ({fmt})", flush=True)
     return built
 
 
