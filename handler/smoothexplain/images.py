@@ -16,6 +16,7 @@ import re
 import struct
 import warnings
 
+import numpy as np
 import torchvision.transforms.functional as tvf  # type: ignore[import-untyped]
 from PIL import ExifTags, Image
 
@@ -87,7 +88,7 @@ def load_image(
             if image.format not in _IMAGE_FORMATS[kind]:
                 raise UnsupportedMediaType(f"{field} must be {ACCEPTED}", field=field)
             image.load()
-            picture = _upright(image).convert(mode)
+            picture = _upright(_eight_bit(image)).convert(mode)
     except (
         OSError,
         SyntaxError,
@@ -101,7 +102,34 @@ def load_image(
         raise InvalidArgument(
             f"{field} cannot be decoded as {_NAMES[kind]}: {_detail(error)}", field=field
         ) from None
-    return picture if crop is None else resize_crop(picture, *crop)
+    if crop is None:
+        return picture
+    _check_resized(picture.size, crop[0], max_pixels, field)
+    return resize_crop(picture, *crop)
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits (PIL's own conversion clips it: all but black white)."""
+    if not image.mode.startswith("I"):
+        return image
+    values = np.asarray(image, dtype=np.float64)
+    scaled = np.clip(values, 0, 65535) / 257.0
+    return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+
+
+def _check_resized(size: tuple[int, int], resize: int, max_pixels: int | None, field: str) -> None:
+    """The shorter side goes to `resize`: a 1×N strip would become resize × resize·N pixels
+    (memory the tiny file never shows), so the *resized* size is held to max_pixels too."""
+    width, height = size
+    short, long = min(width, height), max(width, height)
+    resized = resize * int(resize * long / short)
+    if max_pixels is not None and resized > max_pixels:
+        raise LimitExceeded(
+            f"{field} is {width}×{height} pixels: resizing its shorter side to {resize} would "
+            f"make {resized} pixels, above the server limit max_pixels={max_pixels} (an aspect "
+            f"ratio of {long / short:.0f}:1); crop it closer to a square",
+            field=field,
+        )
 
 
 def resize_crop(image: Image.Image, resize: int, size: int) -> Image.Image:

@@ -180,6 +180,8 @@ class ExplainService:
             step(work)
         except SmoothExplainError as error:
             work.error = error
+        except (MemoryError, torch.OutOfMemoryError):  # this request's own allocation failed
+            work.error = ResourceExhausted("out of memory while serving this request")
         except Exception:  # one request's crash must not take its batch-mates down
             log.exception("request failed unexpectedly")
             work.error = InternalError("internal error while serving this request")
@@ -436,7 +438,7 @@ class ExplainService:
 
 def _refused(work: _Work, error: Exception) -> SmoothExplainError:
     """The error of a request whose prediction failed in the model itself."""
-    if isinstance(error, torch.OutOfMemoryError):
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
         return ResourceExhausted("out of memory while predicting")
     tensor = work.request is not None and work.request.input.WhichOneof("source") == "tensor"
     if tensor and work.inputs is not None and not isinstance(error, SmoothExplainError):

@@ -203,6 +203,25 @@ def test_png_and_jpeg_above_max_pixels_are_refused() -> None:
             image_to_tensor(data, Preprocess(size=8, resize=8), small)
 
 
+@pytest.mark.parametrize(("width", "height"), [(1, 200_000), (120_000, 2)])
+def test_a_thin_strip_is_refused_before_its_resize_allocates(width: int, height: int) -> None:
+    """A few-kB 1×N PNG would become resize × resize·N pixels (gigabytes) when resized."""
+    strip = _encode(Image.new("RGB", (width, height), (200, 10, 10)))
+    assert len(strip) < 10_000
+    with pytest.raises(LimitExceeded, match="aspect ratio") as info:
+        image_to_tensor(strip, Preprocess(), LIMITS)
+    assert info.value.field == "input.image"
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped() -> None:
+    ramp = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    picture = load_image(_encode(Image.fromarray(ramp)), mode="RGB")
+    pixels = np.asarray(picture, dtype=np.float64)
+    assert abs(pixels.mean() - 127.5) < 1.0  # PIL's own convert gives ~254
+    eight = load_image(_encode(Image.fromarray((ramp / 257).round().astype(np.uint8))))
+    assert np.abs(pixels - np.asarray(eight, dtype=np.float64)).max() <= 1
+
+
 # -- EXIF orientation ----------------------------------------------------------------------------
 
 # Orientation tag → the stored pixels of an upright image, from the tag's definition: where the

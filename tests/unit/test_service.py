@@ -226,3 +226,18 @@ def test_image_answers_say_how_the_image_was_cut(service: ExplainService) -> Non
     assert not tensor.HasField("crop")  # a tensor input was never cut
     (failed,) = _grpc(service, pb.Request(input=pb.Input(image=b"\x89PNG broken")))
     assert failed.HasField("error") and not failed.HasField("crop")
+
+
+def test_a_request_that_runs_out_of_memory_gets_503_alone(
+    service: ExplainService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import smoothexplain.images
+
+    def exhausted(*_args: object) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(smoothexplain.images, "resize_crop", exhausted)
+    image = pb.Request(input=pb.Input(image=_png(8)), explain=True)
+    failed, served = _grpc(service, image, _tensor_request(torch.zeros(3, 8, 8)))
+    assert failed.error.http_status == 503 and failed.error.grpc_code == "RESOURCE_EXHAUSTED"
+    assert not served.HasField("error")
