@@ -10,7 +10,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ __all__ = [
     "add_device_arguments",
     "interleaved",
     "machine",
+    "merge_into",
     "output_path",
     "random_model",
     "resolve_device",
@@ -53,6 +54,8 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "device": str(device) if device is not None else "cpu",
         "cuda": torch.cuda.get_device_name(device) if on_cuda else None,
+        # The widest vector ISA torch's kernels dispatch to here (AVX512, AVX2, ...).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         # Other processes on a shared machine skew absolute times (less so interleaved ratios);
         # call machine() before the runs so that this is the load they started in.
         "load_average_1m": os.getloadavg()[0],
@@ -202,3 +205,33 @@ def write(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def merge_into(path: Path, record: dict[str, Any], key: Sequence[str] = ()) -> dict[str, Any]:
+    """`record` plus the cases of the result file at `path` that this run did not measure, so
+    that a run of some models keeps the other models' rows. A case this run measured again
+    replaces the old one in place; new cases go last. Every case of a merged record carries
+    the machine record (date, CPU, load) and the settings of the run that measured it.
+
+    `record["cases"]` is a list (a case is known by its values at `key`) or a dict (by name).
+    A smoke result never merges with a real one (the file is then replaced)."""
+    stamp = {"machine": record["machine"], "settings": record["settings"]}
+    cases = record["cases"]
+    for case in cases if isinstance(cases, list) else cases.values():
+        case.update(stamp)  # the same dicts: write() adds the end load to all of them
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is None or old["settings"].get("smoke") != record["settings"].get("smoke"):
+        return record
+    kept = old["cases"]
+    for case in kept if isinstance(kept, list) else kept.values():
+        case.setdefault("machine", old["machine"])
+        case.setdefault("settings", old["settings"])
+    if isinstance(cases, dict):
+        return {**record, "cases": {**kept, **cases}}
+
+    def ident(case: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(case.get(k) for k in key)
+
+    fresh = {ident(case): case for case in cases}
+    merged = [fresh.pop(ident(case), case) for case in kept]
+    return {**record, "cases": merged + list(fresh.values())}

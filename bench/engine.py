@@ -1,11 +1,13 @@
-"""Engine overhead: smoothed gradient and integrated gradients of ResNet-18/50 (random weights,
-224²) by our engine, side by side with the bare forward+backward floor on the same rows and
-Captum's NoiseTunnel, every contender once per round, round after round.
+"""Engine overhead: smoothed gradient and integrated gradients by our engine, side by side with
+the bare forward+backward floor on the same rows and Captum's NoiseTunnel, every contender once
+per round, round after round. Models: ResNet-18/50 (random weights, a random 224² input, target
+3) and the pretrained EfficientNet-Lite0 on the cat photograph (target: its top-1 class).
 
-CPU (default): ResNet-18 and ResNet-50; gradient with nt_samples 50, IG with n_steps 5 and
-nt_samples 50 (250 rows a call), in passes of 10 rows. CUDA: ResNet-50 with TF32, TF32 +
-channels_last and bf16 autocast + channels_last (cudnn.benchmark on), nt_samples 50, IG n_steps
-10, passes of 50 rows.
+CPU (default): ResNet-18, ResNet-50 and EfficientNet-Lite0; gradient with nt_samples 50, IG with
+n_steps 5 and nt_samples 50 (250 rows a call), in passes of 10 rows. CUDA: ResNet-50 and
+EfficientNet-Lite0 with TF32, TF32 + channels_last and bf16 autocast + channels_last
+(cudnn.benchmark on), nt_samples 50, IG n_steps 10, passes of 50 rows. `--models` runs a subset
+and merges its rows into an existing result file (the other rows keep their own date/machine).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
 from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
@@ -22,18 +25,24 @@ from common import (
     add_device_arguments,
     interleaved,
     machine,
+    merge_into,
     output_path,
     random_model,
     resolve_device,
     summarise,
     write,
 )
+from lite0 import LITE0, WEIGHTS, cat_tensor, categories, input_about, lite0
 from torch import nn
 
 from smoothexplain import explain
 
 STDEV = 0.15  # absolute noise σ (Captum takes a scalar stdev only)
-TARGET = 3
+TARGET = 3  # of the random-weight ResNets; EfficientNet-Lite0 explains its top-1 class
+MODELS = {"cpu": ("resnet18", "resnet50", LITE0), "cuda": ("resnet50", LITE0)}
+
+
+CASE_KEY = ("model", "method", "variant")  # a result row that a later run replaces
 
 
 @dataclass(frozen=True)
@@ -51,24 +60,27 @@ class Case:
         return self.nt_samples * self.n_steps
 
 
+def on_gpu(args: argparse.Namespace, device: torch.device) -> bool:
+    return device.type == "cuda" or getattr(args, "fallback", False)
+
+
 def cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
-    if device.type == "cuda" or getattr(args, "fallback", False):
-        found = []
-        for variant in ("tf32", "tf32+channels_last", "bf16+channels_last"):
-            found.append(Case("resnet50", "gradient", 50, 1, 50, 224, variant))
-            found.append(Case("resnet50", "integrated_gradients", 50, 10, 50, 224, variant))
+    found = []
+    if on_gpu(args, device):
+        for model in MODELS["cuda"]:
+            for variant in ("tf32", "tf32+channels_last", "bf16+channels_last"):
+                found.append(Case(model, "gradient", 50, 1, 50, 224, variant))
+                found.append(Case(model, "integrated_gradients", 50, 10, 50, 224, variant))
     else:
-        found = [
-            Case("resnet18", "gradient", 50, 1, 10, 224, "fp32"),
-            Case("resnet18", "integrated_gradients", 50, 5, 10, 224, "fp32"),
-            Case("resnet50", "gradient", 50, 1, 10, 224, "fp32"),
-            Case("resnet50", "integrated_gradients", 50, 5, 10, 224, "fp32"),
-        ]
+        for model in MODELS["cpu"]:
+            found.append(Case(model, "gradient", 50, 1, 10, 224, "fp32"))
+            found.append(Case(model, "integrated_gradients", 50, 5, 10, 224, "fp32"))
+    found = [c for c in found if args.models is None or c.model in args.models]
     if args.smoke:  # the same code paths at toy sizes (ResNet-50 cases become duplicates)
         found = [
             replace(
                 c,
-                model="resnet18",
+                model="resnet18" if c.model.startswith("resnet") else c.model,
                 nt_samples=4,
                 n_steps=min(c.n_steps, 2),
                 batch=2 * min(c.n_steps, 2),
@@ -79,10 +91,26 @@ def cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     return list(dict.fromkeys(found))
 
 
-def prepared(case: Case, device: torch.device) -> nn.Module:
+def subject(case: Case, device: torch.device) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
+    """The prepared model, its input and the target explained, with what they are."""
     channels_last = "channels_last" in case.variant
     autocast = torch.bfloat16 if case.variant.startswith("bf16") else None
-    return Prepared(random_model(case.model, device, channels_last), autocast, channels_last)
+    if case.model == LITE0:
+        net = lite0(device, channels_last)
+        x = cat_tensor(case.size).to(device)
+        with torch.no_grad():  # in fp32, so that every variant explains the same class
+            target = int(net(x).argmax())
+        model = Prepared(net, autocast, channels_last)
+        about = {
+            "weights": WEIGHTS,
+            "input": input_about(case.size),
+            "target_label": categories()[target],
+        }
+        return model, x, {"target": target, **about}
+    model = Prepared(random_model(case.model, device, channels_last), autocast, channels_last)
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, case.size, case.size, device=device)
+    return model, x, {"target": TARGET, "weights": "random (seed 0)", "input": "randn (seed 0)"}
 
 
 def floor_rows(case: Case, x: torch.Tensor) -> list[torch.Tensor]:
@@ -102,7 +130,7 @@ def floor_rows(case: Case, x: torch.Tensor) -> list[torch.Tensor]:
 
 
 def contenders(
-    case: Case, model: nn.Module, x: torch.Tensor, nt_samples: int
+    case: Case, model: nn.Module, x: torch.Tensor, target: int, nt_samples: int
 ) -> dict[str, Callable[[], object]]:
     rows = floor_rows(case, x)[: max(1, nt_samples * case.n_steps // case.batch)]
     ig = case.method == "integrated_gradients"
@@ -110,13 +138,13 @@ def contenders(
     def floor() -> None:
         for chunk in rows:
             leaf = chunk.requires_grad_(True)
-            torch.autograd.grad(model(leaf)[:, TARGET].sum(), leaf)
+            torch.autograd.grad(model(leaf)[:, target].sum(), leaf)
 
     def engine() -> None:
         explain(
             model,
             x,
-            TARGET,
+            target,
             method=case.method,
             nt_samples=nt_samples,
             nt_samples_batch_size=case.batch,
@@ -134,7 +162,7 @@ def contenders(
             nt_samples=nt_samples,
             nt_samples_batch_size=case.batch // case.n_steps,
             stdevs=STDEV,
-            target=TARGET,
+            target=target,
             **extra,
         )
 
@@ -142,7 +170,7 @@ def contenders(
         total = torch.zeros_like(x)
         for _ in range(nt_samples):
             row = (x + STDEV * torch.randn_like(x)).requires_grad_(True)
-            total += torch.autograd.grad(model(row)[0, TARGET], row)[0]
+            total += torch.autograd.grad(model(row)[0, target], row)[0]
         _ = total / nt_samples
 
     found: dict[str, Callable[[], object]] = {
@@ -156,15 +184,16 @@ def contenders(
 
 
 def run_case(case: Case, device: torch.device, repeats: int, warm: bool) -> dict[str, object]:
-    model = prepared(case, device)
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, case.size, case.size, device=device)
+    model, x, about = subject(case, device)
+    target = about["target"]
     # Warm-up: one pass per contender (kernel selection, allocator, lazy imports); a full run
     # of ResNet-50 would cost a whole round.
-    for fn in contenders(case, model, x, case.batch // case.n_steps).values() if warm else []:
+    warmups = contenders(case, model, x, target, case.batch // case.n_steps)
+    for fn in warmups.values() if warm else []:
         fn()
     cpu: dict[str, list[float]] = {}
-    times = interleaved(contenders(case, model, x, case.nt_samples), repeats, 0, device, cpu)
+    timed = contenders(case, model, x, target, case.nt_samples)
+    times = interleaved(timed, repeats, 0, device, cpu)
     result = summarise(times, "floor", cpu if device.type == "cpu" else None)
     for name, row in result.items():
         print(
@@ -173,13 +202,21 @@ def run_case(case: Case, device: torch.device, repeats: int, warm: bool) -> dict
             f"(CPU time ×{row.get('cpu_ratio_to_floor', float('nan')):.3f})",
             flush=True,
         )
-    return {**asdict(case), "rows": case.rows, "repeats": repeats, "results": result}
+    return {**asdict(case), **about, "rows": case.rows, "repeats": repeats, "results": result}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_device_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (≥ 3)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=MODELS["cpu"],
+        default=None,
+        help="a subset of the models (default: all of the device's); its rows replace the same "
+        "rows of an existing result file and the others are kept",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", module="captum")
     device = resolve_device(args)
@@ -189,15 +226,14 @@ def main() -> None:
         "machine": machine(device),
         "settings": {
             "stdevs": STDEV,
-            "target": TARGET,
             "nt_type": "smoothgrad",
             "ig_rule": "gausslegendre (Captum's default)",
-            "weights": "random (seed 0)",
             "smoke": args.smoke,
         },
         "cases": [run_case(c, device, repeats, not args.smoke) for c in cases(args, device)],
     }
-    write(output_path(args, "engine", device), record)
+    path = output_path(args, "engine", device)
+    write(path, merge_into(path, record, CASE_KEY) if args.models else record)
 
 
 if __name__ == "__main__":

@@ -76,15 +76,19 @@ def memory_plot(record: dict[str, Any], path: Path) -> None:
 
 def serving_plot(record: dict[str, Any], path: Path) -> None:
     cases = record["cases"]
-    fig, axes = plt.subplots(1, len(cases), figsize=(5 * len(cases), 4.5))
-    for ax, (name, case) in zip(axes, cases.items(), strict=True):
+    columns = min(3, len(cases))
+    grid = -(-len(cases) // columns)
+    fig, axes = plt.subplots(grid, columns, figsize=(5 * columns, 4.5 * grid), squeeze=False)
+    for ax in axes.flat[len(cases) :]:
+        ax.set_visible(False)
+    for ax, (name, case) in zip(axes.flat, cases.items(), strict=False):
         results = case["results"]
         ax.barh(list(results), [r["median_s"] for r in results.values()])
         ax.invert_yaxis()
         ax.set_xlabel("median latency (s)")
         ax.set_title(name, fontsize=9)
         ax.tick_params(axis="y", labelsize=7)
-    save_figure(fig, path, "Explain latency: engine alone vs through TorchServe")
+    save_figure(fig, path, "Latency: the model alone vs through TorchServe (ours and stock)")
 
 
 PLOTTERS: dict[str, Callable[[dict[str, Any], Path], None]] = {

@@ -2,9 +2,16 @@
 raw image, gRPC; float32, float16 and PNG encodings) against our engine alone on the same input
 and settings in this process, every contender once per round. Target: ≤ 1.15× the engine.
 
-The peer: TorchServe's stock `image_classifier` handler on the same ResNet-18 weights and image;
-its `/explanations` runs Captum IntegratedGradients (n_steps 15, target 0) and answers a nested
-JSON list. We answer the same computation (IG, n_steps 15, no noise, target 0) beside it.
+Models (`--models`, default all): ResNet-18 (random weights, a 256² PNG), the demo model, and
+the pretrained EfficientNet-Lite0 on the cat photograph (451×300 PNG). A run of some models
+merges its tables into an existing result file (the others keep their own date and machine).
+
+The peer: TorchServe's stock `image_classifier` handler on the same weights and image (ResNet-18
+and EfficientNet-Lite0); its `/explanations` runs Captum IntegratedGradients (n_steps 15,
+target 0) and answers a nested JSON list. We answer the same computation (IG, n_steps 15, no
+noise, target 0) beside it, and for EfficientNet-Lite0 also its top-5 predictions. The stock
+handler preprocesses with torchvision, so its answers are compared with ours computed in this
+process on torchvision's input (the two preprocessings of a non-square photograph differ).
 
 Latency is the client's wall time for one request, sent alone (no batch delay), including
 building the request and decoding the answer into a float32 tensor. Our workers run with the
@@ -17,10 +24,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import re
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +38,19 @@ import grpc
 import requests
 import torch
 import yaml
-from common import add_device_arguments, interleaved, machine, output_path, resolve_device, write
+from common import (
+    add_device_arguments,
+    interleaved,
+    machine,
+    merge_into,
+    output_path,
+    resolve_device,
+    write,
+)
 from google.protobuf import json_format
-from serving_store import RESNET_ROWS, TORCHSERVE_KEYS, build, resnet_config
+from lite0 import LITE0, cat_png, categories, imagenet_tensor, lite0
+from PIL import Image
+from serving_store import ARCHIVES, TORCHSERVE_KEYS, build, lite0_config, resnet_config
 from torch import nn
 from tv_resnet18 import ResNet18
 
@@ -47,7 +67,6 @@ from smoothexplain.launcher import TorchServeInstance
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts" / "demo"
 DEMO_CONFIG = REPO / "deploy" / "model-config.yaml"
-MODELS = {name: f"{name}.mar" for name in ("se_resnet18", "ts_resnet18", "shapes")}
 SEED = 7
 ENCODINGS = {"float32": pb.ENCODING_FLOAT32, "float16": pb.ENCODING_FLOAT16, "png": pb.ENCODING_PNG}
 
@@ -103,6 +122,58 @@ class Served:
         self.last_timings = pb.Timings()
         return torch.tensor(json.loads(answer.content), dtype=torch.float32).squeeze(0)
 
+    def predict_rest(self, model: str, png: bytes) -> pb.Response:
+        answer = self._post(f"predictions/{model}", png, False)
+        return self._predicted(json_format.Parse(answer.text, pb.Response()))
+
+    def predict_grpc(self, model: str, request: pb.Request) -> pb.Response:
+        reply = self.stub.Predictions(
+            ts.PredictionsRequest(model_name=model, input={GRPC_KEY: request.SerializeToString()}),
+            metadata=self.server.grpc_metadata(),
+            timeout=300,
+        )
+        self.last_bytes = len(reply.prediction)
+        return self._predicted(pb.Response.FromString(reply.prediction))
+
+    def _predicted(self, response: pb.Response) -> pb.Response:
+        if response.HasField("error"):
+            raise RuntimeError(response.error.message)
+        self.last_timings = response.timings
+        return response
+
+    def stock_predict_rest(self, model: str, png: bytes) -> dict[str, float]:
+        """The stock handler's top-5: `{label: probability}` (one input, one mapping)."""
+        answer = self._post(f"predictions/{model}", png, False)
+        self.last_timings = pb.Timings()
+        scores: dict[str, float] = json.loads(answer.content)
+        return scores
+
+    def stock_predict_grpc(self, model: str, png: bytes) -> dict[str, float]:
+        reply = self.stub.Predictions(
+            ts.PredictionsRequest(model_name=model, input={"data": png}),
+            metadata=self.server.grpc_metadata(),
+            timeout=300,
+        )
+        self.last_bytes, self.last_timings = len(reply.prediction), pb.Timings()
+        scores: dict[str, float] = json.loads(reply.prediction)
+        return scores
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One network as served: our archive (also the name of its SmoothGrad table), its
+    model-config, the same network in this process, the image sent, and the stock handler's
+    archive of the same weights with the names of the tables comparing the two."""
+
+    model: str  # the model choice (serving_store.ARCHIVES)
+    name: str
+    config: Any
+    net: nn.Module
+    png: bytes
+    stock: str | None = None
+    peer_case: str = ""  # IG against the stock /explanations
+    predict_case: str = ""  # top-5 predictions against the stock /predictions ("": none)
+
 
 def png_bytes(size: int) -> bytes:
     """A demo star on clutter, scaled to `size`² (deterministic)."""
@@ -124,13 +195,20 @@ def request(png: bytes, target: int, options: dict[str, Any], encoding: str) -> 
 
 
 def measure(
-    served: Served, contenders: dict[str, Callable[[], torch.Tensor]], repeats: int, device: Any
+    served: Served,
+    contenders: dict[str, Callable[[], torch.Tensor]],
+    repeats: int,
+    device: Any,
+    base: str = "engine",
+    references: dict[str, Callable[[], torch.Tensor]] | None = None,
 ) -> dict[str, Any]:
-    """Interleaved latencies, plus answer size, worker timings and agreement with the engine.
+    """Interleaved latencies, plus answer size, worker timings and agreement with `base` (the
+    computation alone in this process), or for a contender named in `references` with the
+    answer that function gives (the stock handler's own preprocessing of the image).
 
-    `outside_engine_ms` is each served request's wall time minus the explain time its worker
-    reported: what serving adds, measured within one request, so it does not depend on how
-    fast the engine happened to run in that round of a busy machine."""
+    `outside_engine_ms` is each served request's wall time minus the explain (for a prediction:
+    the predict) time its worker reported: what serving adds, measured within one request, so
+    it does not depend on how fast the model happened to run in that round of a busy machine."""
     sizes: dict[str, int] = {}
     worker: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
 
@@ -148,7 +226,7 @@ def measure(
                     "predict": t.predict_ms,
                     "explain": t.explain_ms,
                     "encode": t.encode_ms,
-                    "outside_engine": wall_ms - t.explain_ms,
+                    "outside_engine": wall_ms - (t.explain_ms or t.predict_ms),
                 }
             )
             return out
@@ -156,33 +234,36 @@ def measure(
         return call
 
     wrapped = {name: recorded(name, fn) for name, fn in contenders.items()}
-    reference = contenders["engine"]().flatten().float().cpu()
+    own = {name: fn().flatten().float().cpu() for name, fn in (references or {}).items()}
+    reference = contenders[base]().flatten().float().cpu()
     agreement = {}
     for name, fn in contenders.items():
-        out = fn().flatten().float().cpu()
+        out, against = fn().flatten().float().cpu(), own.get(name, reference)
         # A raw image gets a server-drawn seed and PNG is a picture: nothing to compare.
-        comparable = out.shape == reference.shape and name != "rest_raw_image"
-        agreement[name] = float((out - reference).norm() / reference.norm()) if comparable else None
+        comparable = out.shape == against.shape and name != "rest_raw_image"
+        agreement[name] = float((out - against).norm() / against.norm()) if comparable else None
     times = interleaved(wrapped, repeats, warmup=0, device=device)
-    base = statistics.median(times["engine"])
+    floor = statistics.median(times[base])
     found = {}
     for name, runs in times.items():
         medians = {key: statistics.median(w[key] for w in worker[name]) for key in worker[name][0]}
-        served_here = name != "engine" and medians["explain"] > 0
+        served_here = name != base and (medians["explain"] > 0 or medians["predict"] > 0)
         found[name] = {
             "median_s": statistics.median(runs),
             "runs_s": runs,
-            "ratio_to_engine": statistics.median(runs) / base,
-            "overhead_ms": 1000 * (statistics.median(runs) - base),
+            "ratio_to_engine": statistics.median(runs) / floor,
+            "overhead_ms": 1000 * (statistics.median(runs) - floor),
             "response_bytes": sizes[name],
             "worker_ms": medians,
             "outside_engine_ms": medians["outside_engine"] if served_here else None,
             # engine alone + what serving adds: the ratio a quiet machine would show
-            "ratio_from_outside": 1 + medians["outside_engine"] / (1000 * base)
+            "ratio_from_outside": 1 + medians["outside_engine"] / (1000 * floor)
             if served_here
             else None,
             "relative_l2_to_engine": agreement[name],
         }
+        if name in own:
+            found[name]["compared_with"] = f"{base} on the stock handler's preprocessing"
     return found
 
 
@@ -223,32 +304,81 @@ def smoothgrad_contenders(
 
 
 def peer_contenders(
-    served: Served, net: nn.Module, png: bytes, x: torch.Tensor, steps: int
-) -> dict[str, Callable[[], torch.Tensor]]:
+    served: Served, subject: Subject, stock: str, x: torch.Tensor, stock_x: torch.Tensor, steps: int
+) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, Callable[[], torch.Tensor]]]:
+    """IG from the zero baseline for target 0, as the stock `/explanations` computes it; and
+    the reference for the stock answer (our engine on the stock handler's input)."""
     options = {
         "method": pb.METHOD_INTEGRATED_GRADIENTS,
         "nt_type": pb.NT_TYPE_NONE,
         "n_steps": steps,
     }
-    json_f32, grpc_f16 = request(png, 0, options, "float32"), request(png, 0, options, "float16")
+    json_f32, grpc_f16 = (
+        request(subject.png, 0, options, "float32"),
+        request(subject.png, 0, options, "float16"),
+    )
+    rows = subject.config.nt_samples_batch_size
 
-    def engine() -> torch.Tensor:
+    def engine_on(inputs: torch.Tensor) -> torch.Tensor:
         return explain(
-            net,
-            x[None],
+            subject.net,
+            inputs[None],
             0,
             method="integrated_gradients",
             nt_type="none",
             n_steps=steps,
-            nt_samples_batch_size=RESNET_ROWS,
+            nt_samples_batch_size=rows,
         )[0]
 
-    return {
-        "engine": engine,
-        "stock_torchserve_captum_ig": lambda: served.stock("ts_resnet18", png),
-        "rest_json_float32": lambda: served.rest_json("se_resnet18", json_f32),
-        "grpc_float16": lambda: served.grpc("se_resnet18", grpc_f16),
+    name, png = subject.name, subject.png
+    contenders: dict[str, Callable[[], torch.Tensor]] = {
+        "engine": lambda: engine_on(x),
+        "stock_torchserve_captum_ig": lambda: served.stock(stock, png),
+        "rest_json_float32": lambda: served.rest_json(name, json_f32),
+        "grpc_float16": lambda: served.grpc(name, grpc_f16),
     }
+    return contenders, {"stock_torchserve_captum_ig": lambda: engine_on(stock_x)}
+
+
+def predict_contenders(
+    served: Served, subject: Subject, stock: str, x: torch.Tensor, stock_x: torch.Tensor
+) -> tuple[dict[str, Callable[[], torch.Tensor]], dict[str, Callable[[], torch.Tensor]]]:
+    """Top-k predictions through both handlers (REST and gRPC) and by the model in this
+    process. Each answer becomes a vector over all classes, zero outside its top k, so that a
+    class or a probability that differs both show in the relative L2."""
+    name, png, top_k = subject.name, subject.png, 5  # the stock handler's top-k
+    labels = categories()
+    index_of = {label: i for i, label in reversed(list(enumerate(labels)))}
+    asked = pb.Request(input=pb.Input(image=png), explain=False, top_k=top_k)
+
+    def vector(pairs: list[tuple[int, float]]) -> torch.Tensor:
+        out = torch.zeros(len(labels))
+        for index, probability in pairs:
+            out[index] = probability
+        return out
+
+    def forward_on(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            scores = torch.softmax(subject.net(inputs[None]).float(), dim=1)[0].cpu()
+        probabilities, indices = scores.topk(top_k)
+        return vector(list(zip(indices.tolist(), probabilities.tolist(), strict=True)))
+
+    def ours(response: pb.Response) -> torch.Tensor:
+        return vector([(c.index, c.probability) for c in response.top_k])
+
+    def theirs(scores: dict[str, float]) -> torch.Tensor:
+        # keys are labels with an index_to_name.json in the archive, class indices without
+        return vector([(index_of[k] if k in index_of else int(k), p) for k, p in scores.items()])
+
+    contenders: dict[str, Callable[[], torch.Tensor]] = {
+        "forward_alone": lambda: forward_on(x),
+        "rest_raw_predict": lambda: ours(served.predict_rest(name, png)),
+        "grpc_predict": lambda: ours(served.predict_grpc(name, asked)),
+        "stock_torchserve_rest_predict": lambda: theirs(served.stock_predict_rest(stock, png)),
+        "stock_torchserve_grpc_predict": lambda: theirs(served.stock_predict_grpc(stock, png)),
+    }
+    reference = {name: lambda: forward_on(stock_x) for name in contenders if "stock" in name}
+    return contenders, reference
 
 
 def resnet(weights: Path, device: torch.device) -> nn.Module:
@@ -270,69 +400,118 @@ def model_input(
     return x, bounds
 
 
+def _case(subject: Subject, about: str, x: torch.Tensor, results: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": subject.model,
+        "request": about,
+        "input_bytes": len(subject.png),
+        "model_input": list(x.shape),
+        "nt_samples_batch_size": subject.config.nt_samples_batch_size,
+        "results": results,
+    }
+
+
 def serve_and_measure(
     served: Served,
-    models: dict[str, tuple[Any, nn.Module, bytes]],
+    subjects: list[Subject],
     device: torch.device,
     nt_samples: int,
     repeats: int,
 ) -> dict[str, Any]:
     cases: dict[str, Any] = {}
-    for name, (config, net, png) in models.items():
-        x, bounds = model_input(config, png, device)
-        target = int(net(x[None]).argmax())
-        rows = config.nt_samples_batch_size
-        found = smoothgrad_contenders(served, name, net, png, x, bounds, rows, target, nt_samples)
-        cases[name] = {
-            "request": f"SmoothGrad of the gradient, nt_samples {nt_samples}, sigma 0.15",
-            "input_bytes": len(png),
-            "model_input": list(x.shape),
-            "nt_samples_batch_size": rows,
-            "results": measure(served, found, repeats, device),
-        }
-        if name == "se_resnet18":
-            cases["peer_ig"] = {
-                "request": "IntegratedGradients n_steps 15, no noise, target 0",
-                "input_bytes": len(png),
-                "model_input": list(x.shape),
-                "nt_samples_batch_size": rows,
-                "results": measure(
-                    served, peer_contenders(served, net, png, x, 15), repeats, device
-                ),
-            }
-        medians = {k: round(v["median_s"], 4) for k, v in cases[name]["results"].items()}
-        print(name, json.dumps(medians), flush=True)
+    for subject in subjects:
+        x, bounds = model_input(subject.config, subject.png, device)
+        with torch.no_grad():
+            target = int(subject.net(x[None]).argmax())
+        rows = subject.config.nt_samples_batch_size
+        found = smoothgrad_contenders(
+            served, subject.name, subject.net, subject.png, x, bounds, rows, target, nt_samples
+        )
+        about = f"SmoothGrad of the gradient, nt_samples {nt_samples}, sigma 0.15"
+        results = measure(served, found, repeats, device)
+        cases[subject.name] = {**_case(subject, about, x, results), "target": target}
+        if subject.stock is not None:
+            cases.update(peer_cases(served, subject, subject.stock, x, device, repeats))
+        medians = {k: round(v["median_s"], 4) for k, v in cases[subject.name]["results"].items()}
+        print(subject.name, json.dumps(medians), flush=True)
     return cases
+
+
+def peer_cases(
+    served: Served,
+    subject: Subject,
+    stock: str,
+    x: torch.Tensor,
+    device: torch.device,
+    repeats: int,
+) -> dict[str, Any]:
+    """The stock handler beside ours: IG (its `/explanations`) and, where asked, predictions."""
+    # What the stock handler feeds the model: torchvision's resize, crop and normalisation.
+    stock_x = imagenet_tensor(Image.open(io.BytesIO(subject.png)))[0].to(device)
+    differs = float((stock_x - x).norm() / x.norm())
+    contenders, references = peer_contenders(served, subject, stock, x, stock_x, 15)
+    about = "IntegratedGradients n_steps 15, no noise, target 0"
+    results = measure(served, contenders, repeats, device, references=references)
+    cases = {subject.peer_case: _case(subject, about, x, results)}
+    if subject.predict_case:
+        contenders, references = predict_contenders(served, subject, stock, x, stock_x)
+        about = "top-5 predictions (softmax); the engine here is the forward alone"
+        results = measure(served, contenders, repeats, device, "forward_alone", references)
+        cases[subject.predict_case] = _case(subject, about, x, results)
+    for case in cases.values():
+        case["stock_input_relative_l2"] = differs  # torchvision's input against our server's
+    return cases
+
+
+def subjects(
+    models: list[str], device: torch.device, weights: dict[str, Path], defaults: dict[str, Any]
+) -> list[Subject]:
+    found = []
+    if "resnet18" in models:
+        config = parse_config(resnet_config(defaults)["smoothexplain"])
+        net = resnet(weights["resnet18"], device)
+        png = png_bytes(256)
+        found.append(Subject("resnet18", "se_resnet18", config, net, png, "ts_resnet18", "peer_ig"))
+    if "shapes" in models:
+        config = parse_config(yaml.safe_load(DEMO_CONFIG.read_text())["smoothexplain"])
+        net = load_model(ARTIFACTS).to(device).requires_grad_(False)
+        found.append(Subject("shapes", "shapes", config, net, png_bytes(64)))
+    if LITE0 in models:
+        config = parse_config(lite0_config(defaults, weights[LITE0].name)["smoothexplain"])
+        net = lite0(device)
+        peer = ("ts_lite0", "peer_ig_lite0", "predict_lite0")
+        found.append(Subject(LITE0, "se_lite0", config, net, cat_png(), *peer))
+    return found
+
+
+def worker_threads(log_dir: Path) -> dict[str, int]:
+    """Torch threads of each of our workers, from the line our handler logs when it is ready."""
+    log = log_dir / "model_log.log"
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    found = re.findall(r"smoothexplain model (\S+) ready on \S+ \(torch threads (\d+)", text)
+    return {model: int(count) for model, count in found}
 
 
 def run(args: argparse.Namespace, device: torch.device, root: Path) -> dict[str, Any]:
     nt_samples, repeats = (4, 1) if args.smoke else (50, args.repeats)
     defaults = {"nt_samples": nt_samples}
-    weights = build(root / "store", root / "scratch", defaults, ARTIFACTS)
-    demo = load_model(ARTIFACTS).to(device).requires_grad_(False)
-    models = {  # name: (its model-config, the same model here, the image sent)
-        "se_resnet18": (
-            parse_config(resnet_config(defaults)["smoothexplain"]),
-            resnet(weights, device),
-            png_bytes(256),
-        ),
-        "shapes": (
-            parse_config(yaml.safe_load(DEMO_CONFIG.read_text())["smoothexplain"]),
-            demo,
-            png_bytes(64),
-        ),
-    }
+    models = args.models or list(ARCHIVES)
+    weights = build(root / "store", root / "scratch", defaults, ARTIFACTS, models)
+    served_models = subjects(models, device, weights, defaults)
+    archives = {name: f"{name}.mar" for model in models for name in ARCHIVES[model]}
     overrides = {"number_of_gpu": "0"} if device.type == "cpu" else {}
     started_on = machine(device)
     with (
         TorchServeInstance(
-            root / "store", MODELS, root / "ts", config_overrides=overrides
+            root / "store", archives, root / "ts", config_overrides=overrides
         ) as server,
         grpc.insecure_channel(
             server.grpc_target, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         ) as channel,
     ):
-        cases = serve_and_measure(Served(server, channel), models, device, nt_samples, repeats)
+        served = Served(server, channel)
+        cases = serve_and_measure(served, served_models, device, nt_samples, repeats)
+        threads = worker_threads(server.log_dir)
     return {
         "benchmark": "serving overhead",
         "machine": started_on,
@@ -341,6 +520,9 @@ def run(args: argparse.Namespace, device: torch.device, root: Path) -> dict[str,
             "torchserve_keys": TORCHSERVE_KEYS,
             "seed": SEED,
             "repeats": repeats,
+            # Workers inherit OMP_NUM_THREADS like this process; ours log their torch threads.
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "worker_torch_threads": threads,
             "smoke": args.smoke,
         },
         "cases": cases,
@@ -351,13 +533,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_device_arguments(parser)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (≥ 3)")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(ARCHIVES),
+        default=None,
+        help="a subset of the models (default: all); its tables replace the same tables of an "
+        "existing result file and the others are kept",
+    )
     args = parser.parse_args()
     device = resolve_device(args)
     keep_freed_memory()  # as our TorchServe workers do (model config default)
     # Short path: TorchServe's worker sockets live under it (108-byte Unix socket limit).
     with tempfile.TemporaryDirectory(prefix="sebench-") as tmp:
         record = run(args, device, Path(tmp))
-    write(output_path(args, "serving", device), record)
+    path = output_path(args, "serving", device)
+    write(path, merge_into(path, record) if args.models else record)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,79 @@ SERVING_LABELS = {
     "grpc_float16": "gRPC, float16",
     "grpc_png": "gRPC, PNG heatmap only",
     "stock_torchserve_captum_ig": "**stock TorchServe** `image_classifier` `/explanations`",
+    "forward_alone": "forward alone (the model in the client process, softmax top-5)",
+    "rest_raw_predict": "REST `/predictions`, raw PNG body",
+    "grpc_predict": "gRPC `Predictions`",
+    "stock_torchserve_rest_predict": "**stock TorchServe** `image_classifier` REST `/predictions`",
+    "stock_torchserve_grpc_predict": "**stock TorchServe** `image_classifier` gRPC `Predictions`",
+}
+SERVING_TITLES = {
+    "se_resnet18": "ResNet-18 (random weights), 256² PNG → 224²",
+    "shapes": "the demo model, 64² PNG",
+    "peer_ig": "**peer**: ResNet-18, same weights and PNG",
+    "se_lite0": "EfficientNet-Lite0 (pretrained ImageNet), the cat photograph (451×300 PNG) → 224²",
+    "peer_ig_lite0": "**peer**: EfficientNet-Lite0, same weights and PNG",
+    "predict_lite0": "**peer**, predictions: EfficientNet-Lite0, same weights and PNG",
+}
+SERVING_MODELS = {
+    "resnet18": "ResNet-18",
+    "shapes": "demo",
+    "efficientnet_lite0": "EfficientNet-Lite0",
 }
 
 
 def measured_on(record: dict[str, Any]) -> str:
     m = record["machine"]
-    where = m["cuda"] or f"{m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads)"
+    isa = f", {m['cpu_capability']}" if m.get("cpu_capability") else ""
+    where = m["cuda"] or (
+        f"{m['cpu']} ({m['cores']} cores, {m['torch_threads']} torch threads{isa})"
+    )
     start, end = m.get("load_average_1m"), m.get("load_average_1m_end")
     busy = f", 1-min load average {start:.1f} → {end:.1f}" if start and end else ""
     return f"Measured {m['date'][:10]} on {where}, torch {m['torch']}{busy}"
+
+
+def runs_measured(
+    record: dict[str, Any],
+    cases: list[dict[str, Any]],
+    name: Callable[[dict[str, Any]], str],
+    detail: Callable[[dict[str, Any]], str],
+) -> str:
+    """`measured_on` of each run whose rows a record holds, with `detail` of its rows (their
+    rounds): a run of some models merged into an earlier result keeps the others' rows, each
+    case with its own machine record. `name` says which rows a case is, listed after each run
+    when there are several."""
+    runs: dict[str, list[str]] = {}
+    for case in cases:
+        line = measured_on({"machine": case.get("machine") or record["machine"]}) + detail(case)
+        rows = runs.setdefault(line, [])
+        if name(case) not in rows:
+            rows.append(name(case))
+    if len(runs) == 1:
+        return next(iter(runs))
+    parts = [f"{line} ({', '.join(rows)})" for line, rows in runs.items()]
+    return "; ".join([parts[0], *(part[0].lower() + part[1:] for part in parts[1:])])
+
+
+def _settings(record: dict[str, Any], case: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = case.get("settings") or record["settings"]
+    return found
+
+
+def _engine_inputs(record: dict[str, Any]) -> str:
+    """What each model ran on: weights, input and target (older rows: in their settings)."""
+    inputs: dict[str, list[str]] = {}
+    for case in record["cases"]:
+        settings = _settings(record, case)
+        weights = case.get("weights") or settings.get("weights", "random (seed 0)")
+        given = case.get("input", "randn (seed 0)")
+        target = case.get("target", settings.get("target"))
+        label = f" ({case['target_label']})" if case.get("target_label") else ""
+        about = f"{weights} weights, input {given}, target {target}{label}"
+        models = inputs.setdefault(about, [])
+        if case["model"] not in models:
+            models.append(case["model"])
+    return "; ".join(f"{', '.join(models)}: {about}" for about, models in inputs.items())
 
 
 def _ratio(row: dict[str, Any], floor: dict[str, Any]) -> str:
@@ -49,10 +113,12 @@ def _ratio(row: dict[str, Any], floor: dict[str, Any]) -> str:
 
 def engine_table(record: dict[str, Any]) -> str:
     cases = record["cases"]
-    repeats = cases[0]["repeats"] if cases else 0
+    when = runs_measured(
+        record, cases, lambda c: c["model"], lambda c: f", {c['repeats']} interleaved rounds"
+    )
     lines = [
-        f"{measured_on(record)}. Random weights, σ = {record['settings']['stdevs']} absolute, "
-        f"smoothgrad, {repeats} interleaved rounds. × floor: the ratio of median wall times "
+        f"{when}. σ = {record['settings']['stdevs']} absolute, smoothgrad. "
+        f"{_engine_inputs(record)}. × floor: the ratio of median wall times "
         "(range of the per-round ratios in brackets); *CPU*: the ratio of the fastest rounds' "
         "CPU times of the process (all threads), which other processes on a shared machine "
         "disturb least (their noise only ever adds).",
@@ -148,7 +214,8 @@ def _serving_rows(case: dict[str, Any]) -> list[str]:
             )
         size = f"{r['response_bytes']:,}" if r["response_bytes"] else "—"
         l2 = r["relative_l2_to_engine"]
-        agree = "—" if l2 is None or name == "engine" else f"{l2:.1e}"
+        agree = "—" if l2 is None or name in ("engine", "forward_alone") else f"{l2:.1e}"
+        agree += " †" if r.get("compared_with") else ""
         lines.append(
             f"| {SERVING_LABELS.get(name, name)} | {r['median_s']:.3f} | "
             f"{r['ratio_to_engine']:.3f} | {served} | {size} | {agree} |"
@@ -156,29 +223,44 @@ def _serving_rows(case: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _serving_model(name: str, case: dict[str, Any]) -> str:
+    model = case.get("model") or ("shapes" if name == "shapes" else "resnet18")
+    return SERVING_MODELS.get(model, model)
+
+
 def serving_table(record: dict[str, Any]) -> str:
+    cases = record["cases"]
+    named = [{**case, "name": name} for name, case in cases.items()]
+    when = runs_measured(
+        record,
+        named,
+        lambda c: _serving_model(c["name"], c),
+        lambda c: f", median of {_settings(record, c)['repeats']} interleaved rounds",
+    )
     lines = [
-        f"{measured_on(record)}. TorchServe {record['settings']['torchserve']}, one request "
-        f"at a time, median of {record['settings']['repeats']} interleaved rounds; latency is "
+        f"{when}. TorchServe {record['settings']['torchserve']}, one request "
+        "at a time; latency is "
         "the client's wall time including building the request and decoding the answer. "
-        "*Outside the engine*: a request's wall time minus the explain time its worker "
-        "reported (median), i.e. what serving adds, measured within the request; *engine + "
-        "outside* is the ratio it implies, which a busy machine disturbs far less than the "
-        "ratio of medians.",
+        "*Outside the engine*: a request's wall time minus the explain (for a prediction: "
+        "predict) time its worker reported (median), i.e. what serving adds, measured within "
+        "the request; *engine + outside* is the ratio it implies, which a busy machine "
+        "disturbs far less than the ratio of medians.",
     ]
-    titles = {
-        "se_resnet18": "ResNet-18 (random weights), 256² PNG → 224²",
-        "shapes": "the demo model, 64² PNG",
-        "peer_ig": "**peer**: ResNet-18, same weights and PNG",
-    }
-    for name, case in record["cases"].items():
+    for name, case in cases.items():
         lines += [
             "",
-            f"*{titles.get(name, name)}: {case['request']}, "
+            f"*{SERVING_TITLES.get(name, name)}: {case['request']}, "
             f"nt_samples_batch_size {case['nt_samples_batch_size']}.*",
             "",
             *_serving_rows(case),
         ]
+        if any(r.get("compared_with") for r in case["results"].values()):
+            lines += [
+                "",
+                "† compared with the same computation in the client process on the stock "
+                "handler's own preprocessing of the PNG (torchvision; it differs from our "
+                f"server's by {case.get('stock_input_relative_l2', float('nan')):.1e} rel. L2).",
+            ]
     return "\n".join(lines)
 
 

@@ -64,8 +64,85 @@ def test_the_gpu_variants_run_even_without_a_gpu(renderers: Any, tmp_path: Path)
         assert results["floor"]["ratio_to_floor"] == 1.0
         assert all(r["median_s"] > 0 for r in results.values())
     assert record["machine"]["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")
+    assert {case["model"] for case in record["cases"]} == {"resnet18", "efficientnet_lite0"}
     table = _render(renderers, "engine", record, tmp_path)
-    assert table.count("| bf16+channels_last |") == 2
+    assert table.count("| bf16+channels_last |") == 4  # ResNet and EfficientNet-Lite0
+
+
+CATS = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
+
+
+def test_the_photograph_is_a_cat_to_the_pretrained_lite0() -> None:
+    """The benchmarks' real input: torchvision's ImageNet preprocessing of the cat photograph,
+    which the pretrained EfficientNet-Lite0 calls a cat (the smoke runs use it at 32²)."""
+    import torch
+
+    (lite0,) = _bench_modules("lite0")
+    x = lite0.cat_tensor()
+    assert x.shape == (1, 3, 224, 224)
+    with torch.no_grad():
+        top = lite0.lite0(torch.device("cpu"))(x).softmax(dim=1)[0].topk(3)
+    assert set(top.indices.tolist()) <= CATS
+    assert lite0.categories()[int(top.indices[0])] == "Egyptian cat"
+
+
+def test_engine_bench_runs_lite0_and_keeps_the_other_rows(renderers: Any, tmp_path: Path) -> None:
+    """`--models efficientnet_lite0` measures the pretrained network on the photograph and
+    merges its rows into an existing result: the other rows stay, with their own date."""
+    import torch
+
+    earlier = json.loads((BENCH / "results" / "engine-cpu.json").read_text())
+    earlier["settings"]["smoke"] = True  # a smoke run merges only with smoke results
+    out = tmp_path / "engine.json"
+    out.write_text(json.dumps(earlier))
+    record = _run("engine.py", out, "--models", "efficientnet_lite0")
+    lite = [case for case in record["cases"] if case["model"] == "efficientnet_lite0"]
+    assert [case["method"] for case in lite] == ["gradient", "integrated_gradients"]
+    (lite0,) = _bench_modules("lite0")
+    for case in lite:
+        assert case["weights"].startswith("pretrained") and "cat photograph" in case["input"]
+        assert case["target_label"] == lite0.categories()[case["target"]]
+        assert set(case["results"]) == {"floor", "engine", "captum_noise_tunnel"}
+        machine = case["machine"]
+        assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert machine["date"] == record["machine"]["date"] and "load_average_1m_end" in machine
+    kept = [case for case in record["cases"] if case["model"] != "efficientnet_lite0"]
+    stamp = {"machine": earlier["machine"], "settings": earlier["settings"]}
+    assert kept == [
+        {**stamp, **case} for case in earlier["cases"] if case["model"] != "efficientnet_lite0"
+    ]
+    table = _render(renderers, "engine", record, tmp_path)
+    assert "| efficientnet_lite0 32² | gradient | fp32 |" in table
+    assert table.count("| resnet") == 4
+    assert f"Measured {kept[0]['machine']['date'][:10]}" in table  # the kept rows' own run
+    assert f"measured {record['machine']['date'][:10]}" in table
+
+
+@pytest.mark.integration  # starts a real TorchServe (Java 17)
+def test_serving_bench_serves_lite0_beside_stock_torchserve(renderers: Any, tmp_path: Path) -> None:
+    """Our archive and the stock `image_classifier` one of the same pretrained weights, in one
+    TorchServe: the same IG map and the same top-5 from both, the stock answers far larger."""
+    record = _run("serving.py", tmp_path / "serving.json", "--models", "efficientnet_lite0")
+    cases = record["cases"]
+    assert list(cases) == ["se_lite0", "peer_ig_lite0", "predict_lite0"]
+    assert cases["se_lite0"]["target"] in CATS
+    assert cases["se_lite0"]["results"]["grpc_float32"]["relative_l2_to_engine"] < 1e-5
+    peer, predict = cases["peer_ig_lite0"]["results"], cases["predict_lite0"]["results"]
+    stock = peer["stock_torchserve_captum_ig"]
+    assert stock["relative_l2_to_engine"] < 1e-4 and stock["compared_with"]
+    assert stock["response_bytes"] > 4 * peer["rest_json_float32"]["response_bytes"]
+    assert set(predict) == {
+        "forward_alone",
+        "rest_raw_predict",
+        "grpc_predict",
+        "stock_torchserve_rest_predict",
+        "stock_torchserve_grpc_predict",
+    }
+    assert all(r["relative_l2_to_engine"] < 1e-5 for r in predict.values())
+    assert predict["grpc_predict"]["outside_engine_ms"] > 0  # worker reported its predict time
+    table = _render(renderers, "serving", record, tmp_path)
+    assert "**peer**, predictions: EfficientNet-Lite0" in table
+    assert "| **stock TorchServe** `image_classifier` gRPC `Predictions` |" in table
 
 
 def test_fusion_bench_answers_as_one_at_a_time(renderers: Any, tmp_path: Path) -> None:
