@@ -64,6 +64,13 @@ def add_archive(subparsers: Subparsers) -> None:
         default=True,
         help="load, predict and explain in a fresh process first (default: on)",
     )
+    parser.add_argument(
+        "--check-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up on a check that takes longer (default 600)",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing NAME.mar")
     parser.set_defaults(run=run_archive)
 
@@ -112,5 +119,6 @@ def _build(args: argparse.Namespace, source: ModelSource) -> Path:
         preprocess=Preprocessing(args.size, args.resize, args.mean, args.std),
         output=args.output,
         check=args.check,
+        check_timeout=args.check_timeout,
         force=args.force,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ TORCHSERVE_DEFAULTS: Mapping[str, int] = {
     "maxBatchDelay": 20,
     "responseTimeout": 120,
 }
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # also a file name and a URL part
 
 
 class ArchiveFailed(SmoothExplainError):
@@ -183,8 +184,15 @@ def _stage(
         files.append(_require_file(source.model_file, "--model-file"))
     files += [_require_file(p, "--extra-files") for p in extra_files]
     staged = []
+    generated = {"model-config.yaml", HANDLER_FILE.name, "MAR-INF", "MANIFEST.json"}
+    generated |= {LABELS_FILE} if labels is not None else set()
     for path in files:
         target = folder / path.name
+        if path.name in generated:
+            raise InvalidArgument(
+                f"{path} is named like a file the archive makes itself ({path.name}): rename it",
+                field="extra_files",
+            )
         if target.exists():
             raise InvalidArgument(f"two archive files are named {path.name}", field="extra_files")
         shutil.copyfile(path, target)
@@ -224,19 +232,42 @@ def _run_archiver(name: str, folder: Path, staged: list[Path], export: Path) -> 
     return export / f"{name}.mar"
 
 
-def _check(archive: Path) -> None:
-    """modelcheck in a fresh interpreter started in an empty folder (no stray imports)."""
+def _check(archive: Path, timeout: float) -> None:
+    """modelcheck in a fresh interpreter started in an empty folder (no stray imports); it
+    passes only by writing its passed-file, so a model that ends the process early fails."""
     with tempfile.TemporaryDirectory(prefix="smoothexplain-check-cwd-") as cwd:
-        done = subprocess.run(
-            [sys.executable, "-m", "smoothexplain.modelcheck", str(archive.resolve())],
-            cwd=cwd,
-            stderr=subprocess.PIPE,
-            text=True,
-            check=False,
+        passed = Path(cwd) / "passed.json"
+        command = [sys.executable, "-m", "smoothexplain.modelcheck", str(archive.resolve())]
+        try:
+            done = subprocess.run(
+                [*command, "--passed-file", str(passed)],
+                cwd=cwd,
+                stderr=subprocess.PIPE,
+                text=True,
+                check=False,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise ArchiveFailed(
+                f"the check did not finish within {timeout:.0f} s: does the model's forward "
+                "end? (a slow model: raise --check-timeout)"
+            ) from None
+        ok = done.returncode == 0 and passed.is_file()
+    if ok:
+        return
+    lines = done.stderr.strip().splitlines()
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        hint = " (SIGKILL: out of memory?)" if name == "SIGKILL" else ""
+        raise ArchiveFailed(f"the check process was killed by {name}{hint}")
+    if done.returncode == 0:
+        raise ArchiveFailed(
+            "the check process ended before its checks did (exit status 0 without a result): "
+            "does the model's code call sys.exit or os._exit?"
         )
-    if done.returncode != 0:
-        message = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "check failed"
-        raise ArchiveFailed(message.removeprefix("error: "))
+    errors = [line for line in lines if line.startswith("error: ")]
+    message = (errors or lines or ["the check failed"])[-1]
+    raise ArchiveFailed(message.removeprefix("error: "))
 
 
 def build_archive(
@@ -250,14 +281,15 @@ def build_archive(
     preprocess: Preprocessing = Preprocessing(),
     output: str | None = None,
     check: bool = True,
+    check_timeout: float = 600.0,
     force: bool = False,
 ) -> Path:
     """Write `store/name.mar`; raises InvalidArgument (bad arguments) or ArchiveFailed (the
     model cannot serve). An existing archive is kept unless `force`."""
     if not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"NAME {name!r} must be letters, digits, '_', '-' or '.', starting with a letter "
-            "or digit",
+            f"NAME {name!r} must be 1 to 100 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit",
             field="name",
         )
     target = store / f"{name}.mar"
@@ -272,7 +304,7 @@ def build_archive(
         built = _run_archiver(name, folder, staged, folder)
         if check:
             print(f"checking {name} in a fresh process, as a TorchServe worker loads it:")
-            _check(built)
+            _check(built, check_timeout)
         store.mkdir(parents=True, exist_ok=True)
         shutil.move(str(built), target)
     return target

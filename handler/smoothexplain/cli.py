@@ -34,6 +34,7 @@ from .client import ExplainError, SmoothExplainClient, attribution
 from .errors import InvalidArgument, SmoothExplainError
 from .heatmap import heatmap_png, overlay_png
 from .images import load_image
+from .local_server import stale_record
 from .serve import add_serve, add_stop
 from .spec import IgRule, IgSampling, Method, NoiseKind, NoiseSampling, NtType, Precision
 
@@ -67,7 +68,7 @@ def _connection_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
     parent.add_argument("--json", action="store_true", help="print the Response as JSON")
-    parent.add_argument("image", metavar="IMAGE", help="PNG or JPEG file ('-' reads stdin)")
+    parent.add_argument("image", metavar="IMAGE", help="PNG, JPEG or WebP file ('-' reads stdin)")
     return parent
 
 
@@ -336,7 +337,10 @@ def _rpc_failure(error: grpc.RpcError) -> int:
         _report(details, error.field)
     else:  # raised by the gRPC channel itself (unreachable, deadline, TorchServe auth)
         _report(f"{code.name}: {details}")
-    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    stale = stale_record()
+    if stale is not None and code is not grpc.StatusCode.INVALID_ARGUMENT:
+        print(f"hint: {stale}", file=sys.stderr)
+    elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         print("hint: check $SMOOTHEXPLAIN_TOKEN or --token-file", file=sys.stderr)
     return EXIT_INVALID if code is grpc.StatusCode.INVALID_ARGUMENT else EXIT_FAILED
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -135,8 +136,18 @@ def parse_config(raw: Mapping[str, Any] | None) -> ServingConfig:
     if config.nt_samples_batch_size < 1:
         raise InvalidArgument("nt_samples_batch_size must be >= 1", field="nt_samples_batch_size")
     pre = config.preprocess
-    if len(pre.mean) != len(pre.std) or any(s <= 0 for s in pre.std):
+    if len(pre.mean) != len(pre.std) or not all(math.isfinite(v) for v in (*pre.mean, *pre.std)):
         raise InvalidArgument(
-            "preprocess.mean and std need equal lengths and std > 0", field="preprocess"
+            "preprocess.mean and std need one finite number per channel each (equal lengths)",
+            field="preprocess",
         )
+    if not all(s > 0 for s in pre.std) or not pre.mean:
+        raise InvalidArgument("preprocess.std must be > 0 in every channel", field="preprocess")
+    for key in ("size", "resize"):
+        value = getattr(pre, key)
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+            raise InvalidArgument(
+                f"preprocess.{key} must be an integer in [1, 4096], got {value!r}",
+                field=f"preprocess.{key}",
+            )
     return config

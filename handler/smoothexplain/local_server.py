@@ -12,10 +12,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-__all__ = ["STATE_DIR_ENV", "ServerRecord", "clear_record", "read_record", "record_path"]
+__all__ = [
+    "STATE_DIR_ENV",
+    "ServerRecord",
+    "clear_record",
+    "read_record",
+    "record_path",
+    "stale_record",
+    "write_record",
+]
 
 STATE_DIR_ENV = "SMOOTHEXPLAIN_STATE_DIR"
 
@@ -49,24 +57,51 @@ def write_record(record: ServerRecord, env: Mapping[str, str] | None = None) -> 
     return path
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: object) -> bool:
+    # 0 and negative numbers name process groups, not a process: never a server's pid.
+    if isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process of that number: not our server
+    except (ProcessLookupError, PermissionError):  # gone, or another user's process
         return False
     return True
+
+
+def _parse(raw: object) -> ServerRecord | None:
+    """A record from JSON; keys a newer `serve` may add are ignored, wrong types refused."""
+    if not isinstance(raw, dict):
+        return None
+    known = {f.name: f.type for f in fields(ServerRecord)}
+    values = {k: v for k, v in raw.items() if k in known}
+    values["models"] = tuple(str(m) for m in values.get("models", ()) or ())
+    kinds = {"host": str, "rest_port": int, "grpc_port": int, "tls": bool, "key_file": str}
+    kinds |= {"pid": int, "workdir": str}
+    if any(not isinstance(values.get(k), t) for k, t in kinds.items()):
+        return None
+    return ServerRecord(**values)
 
 
 def read_record(env: Mapping[str, str] | None = None) -> ServerRecord | None:
     """The running local server, or None (no record, unreadable, or its process is gone)."""
     try:
-        raw = json.loads(record_path(env).read_text())
-        record = ServerRecord(**{**raw, "models": tuple(raw.get("models", ()))})
+        record = _parse(json.loads(record_path(env).read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    return record if _alive(record.pid) else None
+    return record if record is not None and _alive(record.pid) else None
+
+
+def stale_record(env: Mapping[str, str] | None = None) -> str | None:
+    """A description of a record left by a server that no longer runs (for error hints)."""
+    path = record_path(env)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if read_record(env) is not None:
+        return None
+    pid = raw.get("pid") if isinstance(raw, dict) else None
+    return f"{path} records a server (pid {pid}) that no longer runs; start one or remove it"
 
 
 def clear_record(pid: int, env: Mapping[str, str] | None = None) -> None:

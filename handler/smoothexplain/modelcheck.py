@@ -16,6 +16,8 @@ archive. Checks, in order, each failure a message a user can act on (exit status
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import sys
 import tempfile
 import time
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from PIL import Image
 
 from ._proto.smoothexplain.v1 import explain_pb2 as pb
 from .codec import tensor_to_message
@@ -93,6 +96,11 @@ def _scores(model: torch.nn.Module, rows: torch.Tensor, config: ServingConfig) -
             f"the model returns a {_describe(result)}, not a (rows, classes) tensor: name the "
             f"logits with --output {_output_hint(result)} (model-config 'output')"
         )
+    if not result.is_floating_point():
+        raise CheckFailed(
+            f"the model returns {result.dtype} scores: explanations need floating-point "
+            "scores (logits) that gradients can flow through"
+        )
     if result.dim() != 2 or len(result) != len(rows):
         raise CheckFailed(
             f"the model returns a tensor of shape {tuple(result.shape)} for {len(rows)} rows; "
@@ -104,6 +112,11 @@ def _scores(model: torch.nn.Module, rows: torch.Tensor, config: ServingConfig) -
                 if result.dim() >= 1 and len(result) != len(rows)
                 else ""
             )
+        )
+    if not bool(torch.isfinite(result).all()):
+        raise CheckFailed(
+            f"the model returns non-finite scores (NaN or inf) for {len(rows)} generated "
+            "inputs in the configured range: check its weights and --mean/--std"
         )
     return result
 
@@ -161,7 +174,11 @@ def _check_methods(service: ExplainService, row: torch.Tensor, report: CheckRepo
         if response.HasField("error"):
             error = response.error
             if error.field != "options.method" or error.http_status != 400:
-                raise CheckFailed(f"{method.value} fails: {error.message} (field {error.field})")
+                where = f" (field {error.field})" if error.field else ""
+                raise CheckFailed(
+                    f"{method.value} fails: {error.message}{where}; the server log of a real "
+                    "worker would show the same failure"
+                )
             report.methods[method.value] = f"not applicable: {error.message}"
         else:
             report.methods[method.value] = "ok"
@@ -191,13 +208,36 @@ def check_model_dir(model_dir: Path) -> CheckReport:
     report.say(f"  batch  {_check_batch(model, rows, config)}")
     report.say(f"  predict {predict_ms:.1f} ms/row")
     service = ExplainService(model, config, labels, torch.device("cpu"), model_dir.name)
+    report.say(f"  image  {_check_image(service, config)}")
     _check_methods(service, rows[0], report)
     return report
+
+
+def _check_image(service: ExplainService, config: ServingConfig) -> str:
+    """A photo-sized PNG through decoding, resize + crop and the model, as clients send them."""
+    side = max(config.preprocess.resize, config.preprocess.size)
+    pixels = torch.randint(0, 256, (side + 7, side + 3, 3), dtype=torch.uint8).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    (answer,) = service.handle([Incoming(buffer.getvalue(), explain_path=False)])
+    if answer.status != 200:
+        body = answer.body if isinstance(answer.body, str) else answer.body.decode()
+        raise CheckFailed(
+            f"a {side + 3}×{side + 7} PNG is refused: {json.loads(body)['error']['message']}"
+        )
+    pre = config.preprocess
+    return f"a {side + 3}×{side + 7} PNG predicts (resize {pre.resize}, crop {pre.size})"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archive", type=Path, help="a .mar file or an unpacked archive folder")
+    parser.add_argument(
+        "--passed-file",
+        type=Path,
+        help="written (with the methods found) only when every check passed: a model that ends "
+        "the process early (sys.exit, os._exit) cannot look like a pass",
+    )
     args = parser.parse_args(argv)
     archive: Path = args.archive
     with tempfile.TemporaryDirectory(prefix="smoothexplain-check-") as tmp:
@@ -207,10 +247,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             with zipfile.ZipFile(archive) as mar:
                 mar.extractall(model_dir)
         try:
-            check_model_dir(model_dir)
+            report = check_model_dir(model_dir)
         except CheckFailed as error:
             print(f"error: {error}", file=sys.stderr, flush=True)
             return EXIT_CANNOT_SERVE
+        except SystemExit as error:  # raised by the model's own code, not by us
+            print(
+                f"error: the model's code called sys.exit({error.code!r}) while being loaded or "
+                "run: a served model must not end its worker",
+                file=sys.stderr,
+                flush=True,
+            )
+            return EXIT_CANNOT_SERVE
+    if args.passed_file is not None:
+        args.passed_file.write_text(json.dumps({"passed": True, "methods": report.methods}))
     return EXIT_OK
 
 

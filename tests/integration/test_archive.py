@@ -52,6 +52,28 @@ USER_MODEL = textwrap.dedent(
             return self.head(F.relu(self.bn(self.conv(x))).mean((2, 3)).reshape(x.shape[0], -1))
 
 
+    class NanNet(TinyNet):
+        def forward(self, x):
+            return super().forward(x) * float("nan")
+
+
+    class IntNet(TinyNet):
+        def forward(self, x):
+            return super().forward(x).round().long()
+
+
+    class ExitNet(TinyNet):
+        def forward(self, x):
+            import sys
+            sys.exit(0)
+
+
+    class LoopNet(TinyNet):
+        def forward(self, x):
+            while True:
+                pass
+
+
     class PairNet(TinyNet):
         def forward(self, x):
             return super().forward(x), x.mean((1, 2, 3))
@@ -260,11 +282,19 @@ def test_the_cli_finds_the_running_server_from_any_folder(
         ("fixed_batch_onnx", "fixed batch size"),
         ("train_mode_trace", "train mode"),
         ("onnx_opset_19", "opset_version=17"),
+        ("nan_scores", "non-finite scores"),
+        ("integer_scores", "floating-point scores"),
+        ("exits_in_forward", "sys.exit(0)"),
+        ("never_returns", "did not finish within 25 s"),
+        ("resize_out_of_range", "preprocess.resize must be an integer in [1, 4096]"),
+        ("clashing_extra_file", "named like a file the archive makes itself"),
     ],
 )
 def test_a_model_that_cannot_serve_exits_2_with_its_reason(
     case: str, message: str, files: dict[str, Path], tmp_path: Path
 ) -> None:
+    clash = tmp_path / "model-config.yaml"
+    clash.write_text("minWorkers: 1\n")
     bad_state = tmp_path / "bad.pt"
     torch.save({"conv.weight": torch.zeros(8, 3, 3, 3), "extra.bias": torch.zeros(2)}, bad_state)
     args = {
@@ -276,6 +306,12 @@ def test_a_model_that_cannot_serve_exits_2_with_its_reason(
         "fixed_batch_onnx": ["--onnx", str(files["fixed.onnx"]), *PRE],
         "train_mode_trace": ["--torchscript", str(files["train_mode.pt"]), *PRE],
         "onnx_opset_19": ["--onnx", str(files["opset19.onnx"]), *PRE],
+        "nan_scores": _eager(files, "NanNet"),
+        "integer_scores": _eager(files, "IntNet"),
+        "exits_in_forward": _eager(files, "ExitNet"),
+        "never_returns": [*_eager(files, "LoopNet"), "--check-timeout", "25"],
+        "resize_out_of_range": [*_eager(files), "--resize", "-5"],
+        "clashing_extra_file": [*_eager(files), "--extra-files", str(clash)],
     }[case]
     code, output = _archive(tmp_path / "store", "broken", *args)
     assert code == 2, output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from smoothexplain.local_server import (
     clear_record,
     read_record,
     record_path,
+    stale_record,
     write_record,
 )
 
@@ -84,4 +86,32 @@ def test_a_corrupt_record_is_ignored(tmp_path: Path) -> None:
     record_path(env).write_text("{not json")
     assert read_record(env) is None
     record_path(env).write_text(json.dumps({"host": "x"}))
+    assert read_record(env) is None
+
+
+@pytest.mark.parametrize(
+    "pid", ["abc", 99999999999999, -1, 0, True, None, 1.5], ids=lambda p: repr(p)
+)
+def test_a_record_with_an_impossible_pid_is_ignored(tmp_path: Path, pid: object) -> None:
+    """0 and -1 would name process groups to os.kill; strings and huge numbers would raise."""
+    env = {STATE_DIR_ENV: str(tmp_path)}
+    record = {**asdict(_record(tmp_path, os.getpid())), "pid": pid}
+    record_path(env).write_text(json.dumps(record))
+    assert read_record(env) is None
+    assert resolve_token(env=env) is None
+    assert stale_record(env) is not None
+
+
+def test_a_newer_record_with_extra_keys_is_still_read(tmp_path: Path) -> None:
+    env = {STATE_DIR_ENV: str(tmp_path)}
+    record = {**asdict(_record(tmp_path, os.getpid())), "future_key": 1}
+    record_path(env).write_text(json.dumps(record))
+    found = read_record(env)
+    assert found is not None and found.pid == os.getpid() and stale_record(env) is None
+
+
+def test_a_wrongly_typed_record_is_ignored(tmp_path: Path) -> None:
+    env = {STATE_DIR_ENV: str(tmp_path)}
+    record = {**asdict(_record(tmp_path, os.getpid())), "grpc_port": "7070"}
+    record_path(env).write_text(json.dumps(record))
     assert read_record(env) is None

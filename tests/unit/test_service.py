@@ -241,3 +241,13 @@ def test_a_request_that_runs_out_of_memory_gets_503_alone(
     failed, served = _grpc(service, image, _tensor_request(torch.zeros(3, 8, 8)))
     assert failed.error.http_status == 503 and failed.error.grpc_code == "RESOURCE_EXHAUSTED"
     assert not served.HasField("error")
+
+
+def test_rest_json_names_class_zero_too(service: ExplainService) -> None:
+    """proto3 JSON leaves plain zeros out; index and target are optional fields so that a
+    JSON client reading top_k[i]["index"] or "target" finds class 0 as well."""
+    request = pb.Request(input=pb.Input(image=_png()), explain=True, top_k=5, target=0)
+    (answer,) = service.handle([Incoming(json_format.MessageToJson(request).encode())])
+    body = json.loads(answer.body)
+    assert sorted(score["index"] for score in body["top_k"]) == [0, 1, 2, 3, 4]
+    assert body["target"] == 0
