@@ -34,7 +34,10 @@ def _faults(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
     pages = 25 * 4 * 2**20 // 4096
-    assert _faults("default") > pages // 2  # glibc trims the freed heap top: faults again
+    # The control: glibc trims the freed heap top, so the third round faults again. Whether it
+    # trims in one run depends on its dynamic mmap threshold and on which arena torch's threads
+    # used (measured: 1 run in 3 kept the pages by chance), so the control takes the worst of 3.
+    assert max(_faults("default") for _ in range(3)) > pages // 2
     assert _faults("keep") < pages // 20  # kept: the third round touches no new pages
 
 

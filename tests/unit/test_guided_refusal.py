@@ -228,7 +228,7 @@ def test_the_service_serves_guided_backprop_on_the_eager_model() -> None:
     torch.testing.assert_close(message_to_tensor(response.attribution), expected[0])
 
 
-class _Counting(nn.Module):
+class _CountingTanh(nn.Module):
     """A model without ReLU-type units that counts its calls."""
 
     def __init__(self) -> None:
@@ -249,7 +249,7 @@ def test_a_known_refusal_costs_no_model_pass_and_no_shared_run() -> None:
     scripted = _service(quiet_trace(cnn("nn.ReLU"), inputs(1)))
     assert scripted.guided_refusal is not None and "TorchScript" in scripted.guided_refusal
     assert _service(cnn("nn.ReLU")).guided_refusal is None
-    model = _Counting()
+    model = _CountingTanh()
     service = _service(model)
     x = inputs(2)
     guided = _request(x[0], pb.METHOD_GUIDED_BACKPROP).SerializeToString()
