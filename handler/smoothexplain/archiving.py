@@ -9,7 +9,9 @@ moved into the store when it can serve.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -38,6 +40,7 @@ TORCHSERVE_DEFAULTS: Mapping[str, int] = {
     "maxBatchDelay": 20,
     "responseTimeout": 120,
 }
+_STDERR_KEPT = 64 * 1024  # characters of the check's stderr searched for its error line
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # also a file name and a URL part
 
 
@@ -117,7 +120,8 @@ class Preprocessing:
 
 def _require_file(path: Path, flag: str) -> Path:
     if not path.is_file():
-        raise InvalidArgument(f"{flag} {path}: no such file", field=flag.lstrip("-"))
+        what = "is not a file" if path.exists() else "no such file"
+        raise InvalidArgument(f"{flag} {path}: {what}", field=flag.lstrip("-"))
     return path
 
 
@@ -232,42 +236,53 @@ def _run_archiver(name: str, folder: Path, staged: list[Path], export: Path) -> 
     return export / f"{name}.mar"
 
 
+def _run_check(command: list[str], cwd: str, timeout: float) -> tuple[int, str]:
+    """Exit status and the end of stderr of the check, run in a session of its own: on a
+    timeout, and once it ends, every process the model's code left behind is killed with it.
+    stderr goes to a file, not a pipe, which a leftover child would hold open."""
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as stderr:
+        process = subprocess.Popen(command, cwd=cwd, stderr=stderr, start_new_session=True)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ArchiveFailed(
+                f"the check did not finish within {timeout:.0f} s: does the model's forward "
+                "end? (a slow model: raise --check-timeout)"
+            ) from None
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        stderr.seek(max(0, stderr.seek(0, os.SEEK_END) - _STDERR_KEPT))
+        return process.returncode, stderr.read()
+
+
 def _check(archive: Path, timeout: float) -> None:
     """modelcheck in a fresh interpreter started in an empty folder (no stray imports); it
     passes only by writing its passed-file, so a model that ends the process early fails."""
     with tempfile.TemporaryDirectory(prefix="smoothexplain-check-cwd-") as cwd:
         passed = Path(cwd) / "passed.json"
         command = [sys.executable, "-m", "smoothexplain.modelcheck", str(archive.resolve())]
-        try:
-            done = subprocess.run(
-                [*command, "--passed-file", str(passed)],
-                cwd=cwd,
-                stderr=subprocess.PIPE,
-                text=True,
-                check=False,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            raise ArchiveFailed(
-                f"the check did not finish within {timeout:.0f} s: does the model's forward "
-                "end? (a slow model: raise --check-timeout)"
-            ) from None
-        ok = done.returncode == 0 and passed.is_file()
-    if ok:
-        return
-    lines = done.stderr.strip().splitlines()
-    if done.returncode < 0:
-        name = signal.Signals(-done.returncode).name
-        hint = " (SIGKILL: out of memory?)" if name == "SIGKILL" else ""
+        code, stderr = _run_check([*command, "--passed-file", str(passed)], cwd, timeout)
+        if code == 0 and passed.is_file():
+            return
+    lines = stderr.strip().splitlines()
+    if code < 0:
+        name = signal.Signals(-code).name
+        hint = " (out of memory?)" if name == "SIGKILL" else ""
         raise ArchiveFailed(f"the check process was killed by {name}{hint}")
-    if done.returncode == 0:
+    if code == 0:
         raise ArchiveFailed(
             "the check process ended before its checks did (exit status 0 without a result): "
             "does the model's code call sys.exit or os._exit?"
         )
     errors = [line for line in lines if line.startswith("error: ")]
-    message = (errors or lines or ["the check failed"])[-1]
-    raise ArchiveFailed(message.removeprefix("error: "))
+    if not errors and not lines:
+        raise ArchiveFailed(
+            f"the check process failed with exit status {code} without a message: does the "
+            "model's code close or redirect stderr?"
+        )
+    raise ArchiveFailed((errors or lines)[-1].removeprefix("error: "))
 
 
 def build_archive(

@@ -94,10 +94,12 @@ def read_record(env: Mapping[str, str] | None = None) -> ServerRecord | None:
 def stale_record(env: Mapping[str, str] | None = None) -> str | None:
     """A description of a record left by a server that no longer runs (for error hints)."""
     path = record_path(env)
+    if not path.exists() and not path.is_symlink():
+        return None
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
+        return f"{path} is not a readable server record; remove it"
     if read_record(env) is not None:
         return None
     pid = raw.get("pid") if isinstance(raw, dict) else None

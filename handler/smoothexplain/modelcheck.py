@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import sys
 import tempfile
 import time
@@ -264,5 +265,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_OK
 
 
+def _exit_now(code: int) -> None:
+    """End the process even if the model's code left non-daemon threads running."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_now(main())

@@ -283,6 +283,27 @@ def run_serve(args: argparse.Namespace) -> int:
         clear_record(os.getpid())
 
 
+def _serve_pid(pid_file: Path) -> int | None:
+    """The pid in `pid_file` if it is a live `smoothexplain serve`, else None.
+
+    A pid file is only a hint: 0 or -1 would signal whole process groups, and the number of a
+    server that died may now belong to any process. Where /proc exists the command line must be
+    ours."""
+    text = pid_file.read_text(errors="replace").strip()
+    if not text.isdigit() or not 0 < int(text) < 2**31:
+        return None
+    pid = int(text)
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self").exists():
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            return None  # not running
+        ours = any(b"smoothexplain" in w for w in words) and b"serve" in words
+        return pid if ours else None
+    return pid
+
+
 def _stop_workdir(given: Path | None) -> Path:
     if given is not None or (DEFAULT_WORKDIR / "serve.pid").is_file():
         return given or DEFAULT_WORKDIR
@@ -296,7 +317,10 @@ def run_stop(args: argparse.Namespace) -> int:
     if not pid_file.is_file():
         print(f"no server recorded in {workdir}")
         return 0
-    pid = int(pid_file.read_text().strip())
+    pid = _serve_pid(pid_file)
+    if pid is None:
+        print(f"{pid_file} does not name a running `smoothexplain serve`: nothing signalled")
+        return 1
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:

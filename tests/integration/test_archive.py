@@ -74,6 +74,17 @@ USER_MODEL = textwrap.dedent(
                 pass
 
 
+    class LeakyNet(TinyNet):
+        """Leaves a thread and a process running after its forwards."""
+        def forward(self, x):
+            import subprocess, threading, time
+            if not getattr(self, "leaked", False):
+                self.leaked = True
+                threading.Thread(target=time.sleep, args=(300,)).start()
+                subprocess.Popen(["sleep", "317.5"])
+            return super().forward(x)
+
+
     class PairNet(TinyNet):
         def forward(self, x):
             return super().forward(x), x.mean((1, 2, 3))
@@ -374,3 +385,23 @@ def test_the_readme_curl_lines_work_on_the_cat_photograph(
     assert explained["attribution"]["shape"] == [3, 224, 224]
     assert explained["attribution"]["dtype"] == "DTYPE_FLOAT16"
     assert explained["seed"] == "7" and explained["target"] == 285
+
+
+def _sleepers(mark: bytes) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes() == b"sleep\0" + mark + b"\0":
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_the_check_ends_what_the_model_left_running(files: dict[str, Path], tmp_path: Path) -> None:
+    """A non-daemon thread does not keep the check alive; a process the model started is
+    killed with the check's session."""
+    code, output = _archive(tmp_path, "leaky", *_eager(files, "LeakyNet"), "--check-timeout", "120")
+    assert code == 0, output
+    assert _sleepers(b"317.5") == []

@@ -115,3 +115,19 @@ def test_a_wrongly_typed_record_is_ignored(tmp_path: Path) -> None:
     record = {**asdict(_record(tmp_path, os.getpid())), "grpc_port": "7070"}
     record_path(env).write_text(json.dumps(record))
     assert read_record(env) is None
+
+
+@pytest.mark.parametrize("content", ["-1", "0", "abc", "", "99999999999999", "LIVE"])
+def test_stop_signals_nothing_but_a_serve_process(tmp_path: Path, content: str) -> None:
+    """`serve.pid` is a hint: -1 or 0 would SIGTERM process groups, a reused number anyone."""
+    from smoothexplain.cli import main
+
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        text = str(bystander.pid) if content == "LIVE" else content
+        (tmp_path / "serve.pid").write_text(text + "\n")
+        assert main(["stop", "--workdir", str(tmp_path), "--timeout", "1"]) == 1
+        assert bystander.poll() is None  # still running
+    finally:
+        bystander.kill()
+        bystander.wait()
