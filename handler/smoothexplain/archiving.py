@@ -179,7 +179,6 @@ def _model_config(
 def _stage(
     folder: Path,
     source: ModelSource,
-    config: dict[str, Any],
     labels: Path | None,
     extra_files: Sequence[Path],
 ) -> list[Path]:
@@ -204,7 +203,6 @@ def _stage(
     if labels is not None:
         (folder / LABELS_FILE).write_text(_labels(labels), encoding="utf-8")
         staged.append(folder / LABELS_FILE)
-    (folder / "model-config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return staged
 
 
@@ -314,8 +312,8 @@ def build_archive(
     with tempfile.TemporaryDirectory(prefix="smoothexplain-archive-") as tmp:
         folder = Path(tmp)
         (folder / "files").mkdir()
-        staged = _stage(folder / "files", source, model_config, labels, extra_files)
-        shutil.move(str(folder / "files" / "model-config.yaml"), folder / "model-config.yaml")
+        staged = _stage(folder / "files", source, labels, extra_files)
+        (folder / "model-config.yaml").write_text(yaml.safe_dump(model_config, sort_keys=False))
         built = _run_archiver(name, folder, staged, folder)
         if check:
             print(f"checking {name} in a fresh process, as a TorchServe worker loads it:")

@@ -285,16 +285,20 @@ def test_stream_predictions_answers_once_and_keeps_the_worker(
     assert server.worker_pids("shapes") == before
 
 
-@pytest.mark.parametrize("transport", ["grpc", "rest"])
-def test_the_typed_client_raises_invalid_argument(
-    server: TorchServeInstance, transport: Literal["grpc", "rest"]
-) -> None:
-    with SmoothExplainClient(
+def _client(server: TorchServeInstance, transport: Literal["grpc", "rest"]) -> SmoothExplainClient:
+    return SmoothExplainClient(
         transport=transport,
         rest_port=server.ports.inference,
         grpc_port=server.ports.grpc_inference,
         token=server.inference_token,
-    ) as client:
+    )
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_the_typed_client_raises_invalid_argument(
+    server: TorchServeInstance, transport: Literal["grpc", "rest"]
+) -> None:
+    with _client(server, transport) as client:
         good = client.explain("shapes", _png(4, 4), seed=3, nt_samples=4)
         assert attribution(good).shape == (3, 64, 64)
         with pytest.raises(ExplainError) as info:
@@ -339,12 +343,7 @@ def test_guided_backprop_on_torchscript_is_refused_for_that_request_only(
 def test_the_typed_client_names_options_method_for_guided_torchscript(
     server: TorchServeInstance, transport: Literal["grpc", "rest"]
 ) -> None:
-    with SmoothExplainClient(
-        transport=transport,
-        rest_port=server.ports.inference,
-        grpc_port=server.ports.grpc_inference,
-        token=server.inference_token,
-    ) as client:
+    with _client(server, transport) as client:
         served = client.explain("shapes", _png(4, 4), method="guided_backprop", nt_samples=2)
         assert attribution(served).shape == (3, 64, 64)
         with pytest.raises(ExplainError) as info:
