@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..spec import Bounds, ExplainSpec, NoiseKind, NoiseSampling, NtType
@@ -19,9 +20,53 @@ def job_seed(seed: int, index: int) -> int:
     return (seed + index * _GOLDEN) & _MASK63
 
 
+# torch's CPU generator is an MT19937 whose `manual_seed` keeps only the low 32 bits of the
+# seed (seeds 1 and 2**32 + 1 draw the same numbers). Its state (`get_state()`, 5056 bytes)
+# is: the initial seed (u64), `left` and `seeded` (i32 each), `next` (u64), then the 624 state
+# words, one u32 per u64 slot. We fill those words from numpy's SeedSequence, which hashes
+# every bit of the seed; `_mt_layout_holds` checks the layout against numpy's MT19937 first.
+_MT_WORDS = 624
+_MT_OFFSET = 24  # bytes before the state words
+
+
+def _mt_words(state: torch.Tensor) -> np.ndarray:
+    raw = state.numpy()[_MT_OFFSET : _MT_OFFSET + 8 * _MT_WORDS]
+    return np.frombuffer(raw.tobytes(), dtype="<u8")
+
+
+def _mt_layout_holds() -> bool:
+    probe = torch.Generator()
+    probe.manual_seed(12345)
+    state = probe.get_state()
+    legacy = np.random.RandomState(12345).get_state(legacy=False)["state"]["key"]  # same seeding
+    return state.numel() > _MT_OFFSET + 8 * _MT_WORDS and bool(
+        np.array_equal(_mt_words(state), legacy.astype(np.uint64))
+    )
+
+
+_MT_LAYOUT_HOLDS = _mt_layout_holds()
+
+
+def _seed_all_bits(generator: torch.Generator, seed: int) -> None:
+    generator.manual_seed(seed)  # the header: initial seed, a fresh `left`/`next`
+    if not _MT_LAYOUT_HOLDS:  # another torch build: fold the high bits in instead
+        generator.manual_seed((seed ^ (seed >> 32)) & 0xFFFFFFFF)
+        return
+    words = np.random.SeedSequence(seed).generate_state(_MT_WORDS, np.uint32)
+    state = generator.get_state().numpy().copy()
+    state[_MT_OFFSET : _MT_OFFSET + 8 * _MT_WORDS] = np.frombuffer(
+        words.astype("<u8").tobytes(), dtype=np.uint8
+    )
+    generator.set_state(torch.from_numpy(state))
+
+
 def make_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A generator whose stream depends on every bit of `seed` (0 <= seed < 2**64)."""
     generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
+    if generator.device.type == "cpu":
+        _seed_all_bits(generator, seed)
+    else:
+        generator.manual_seed(seed)  # CUDA's Philox generator keeps all 64 bits
     return generator
 
 
