@@ -67,6 +67,13 @@ def _connection_options() -> argparse.ArgumentParser:
         "then the local server's record)",
     )
     group.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+    group.add_argument(
+        "--no-retry",
+        dest="retry",
+        action="store_false",
+        help="do not send the request again when TorchServe's worker died or is unavailable "
+        "(by default it is retried once, with the same seed, if the timeout leaves time)",
+    )
     parent.add_argument("--json", action="store_true", help="print the Response as JSON")
     parent.add_argument("image", metavar="IMAGE", help="PNG, JPEG or WebP file ('-' reads stdin)")
     return parent
@@ -173,6 +180,7 @@ def _client(args: argparse.Namespace) -> SmoothExplainClient:
         grpc_port=args.grpc_port,
         token_file=args.token_file,
         timeout=args.timeout,
+        retry=args.retry,
     )
 
 

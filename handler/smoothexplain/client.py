@@ -12,6 +12,11 @@ itself (unreachable server, deadline, TorchServe's own auth check) are `grpc.Rpc
 and are passed through unchanged. Argument mistakes found before any network call (a bad
 enum string, an unreadable key file) raise `smoothexplain.errors.InvalidArgument`.
 
+Retries: a prediction, and an explanation with a seed, are idempotent, so when TorchServe (not
+our handler) answers that the worker died or is unavailable, the request is sent once more,
+after `RETRY_BACKOFF_S`, if the call's timeout and deadline leave time for it. An explanation
+without a seed gets one drawn here first, so both tries compute the same thing.
+
 The token is never logged and never put into an exception message.
 """
 
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Mapping
@@ -42,11 +48,13 @@ from .local_server import read_record
 
 __all__ = [
     "KEY_FILE_ENV",
+    "RETRY_BACKOFF_S",
     "TOKEN_ENV",
     "ExplainError",
     "SmoothExplainClient",
     "Transport",
     "attribution",
+    "is_retryable",
     "resolve_token",
     "status_for_http",
 ]
@@ -56,6 +64,8 @@ TOKEN_ENV = "SMOOTHEXPLAIN_TOKEN"
 KEY_FILE_ENV = "SMOOTHEXPLAIN_KEY_FILE"
 DEFAULT_KEY_FILE = Path("key_file.json")
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # above TorchServe's max_response_size (32 MiB)
+RETRY_BACKOFF_S = 0.5  # lets TorchServe put a restarting worker back in front of the queue
+SEED_BITS = 63  # fits a signed 64-bit integer wherever the seed ends up
 
 _HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -85,6 +95,11 @@ _GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
 }
 # TorchServe 0.12 rejects a missing or wrong REST token with 400 and this exception type.
 _TORCHSERVE_AUTH_TYPES = frozenset({"InvalidKeyException"})
+# TorchServe 0.12's answer to every request of a batch whose worker process died: REST 500 or
+# 507 (exit status 137), gRPC INTERNAL or RESOURCE_EXHAUSTED (docs/reliability.md).
+_WORKER_DIED = "Worker died"
+_WORKER_DIED_HTTP = frozenset({500, 507})
+_WORKER_DIED_GRPC = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.RESOURCE_EXHAUSTED})
 
 
 class ExplainError(grpc.RpcError):
@@ -92,14 +107,22 @@ class ExplainError(grpc.RpcError):
 
     `code()` is a `grpc.StatusCode`, `details()` the human message, `field` the offending
     request field ("" when none) and `http_status` the HTTP status of the same error.
+    `retryable` is true when TorchServe or the network, not our handler, failed the call (a dead
+    worker, no worker, no connection): the same request sent again may well succeed.
     """
 
     def __init__(
-        self, code: grpc.StatusCode, message: str, *, field: str = "", http_status: int = 0
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        field: str = "",
+        http_status: int = 0,
+        retryable: bool = False,
     ) -> None:
         super().__init__(message)
         self._code, self._message = code, message
-        self.field, self.http_status = field, http_status
+        self.field, self.http_status, self.retryable = field, http_status, retryable
 
     def code(self) -> grpc.StatusCode:
         return self._code
@@ -136,6 +159,22 @@ def _http_for(code: grpc.StatusCode) -> int:
 def status_for_http(status: int) -> grpc.StatusCode:
     """The gRPC code for an HTTP error status (anything unlisted is INTERNAL)."""
     return _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
+
+
+def is_retryable(error: grpc.RpcError) -> bool:
+    """Whether sending the same request again may succeed: the worker died or is unavailable.
+
+    Errors our handler put in a Response (bad fields, deadline, out of memory after its own
+    chunk halving) are never retryable: the same worker would answer the same again.
+    """
+    if isinstance(error, ExplainError):
+        return error.retryable
+    code_of, details_of = getattr(error, "code", None), getattr(error, "details", None)
+    code = code_of() if callable(code_of) else None
+    details = (details_of() if callable(details_of) else None) or ""
+    if code is grpc.StatusCode.UNAVAILABLE:  # no worker, a full queue, no connection
+        return True
+    return code in _WORKER_DIED_GRPC and _WORKER_DIED in details
 
 
 # -- tokens -----------------------------------------------------------------------------------
@@ -360,7 +399,8 @@ def _rest_error(status: int, body: object, text: str) -> ExplainError:
         message = ": ".join(part for part in (kind, detail) if part) or message
     elif text.strip():
         message = f"HTTP {status}: {text.strip()[:200]}"
-    return ExplainError(code, message, http_status=status)
+    died = status in _WORKER_DIED_HTTP and _WORKER_DIED in message
+    return ExplainError(code, message, http_status=status, retryable=died or status == 503)
 
 
 def _parse_rest_answer(model: str, status: int, text: str) -> pb.Response:
@@ -392,6 +432,20 @@ def _copy(request: pb.Request) -> pb.Request:
     return copy
 
 
+def _with_seed(request: pb.Request) -> pb.Request:
+    """An explain request with a seed: its own, else a fresh random one (for a same retry)."""
+    if not request.explain or request.options.HasField("seed"):
+        return request
+    seeded = _copy(request)
+    seeded.options.seed = secrets.randbits(SEED_BITS)
+    return seeded
+
+
+def _seconds_left(ends_monotonic: float, deadline_unix_ms: int) -> float:
+    """Time left to a `request()` call: to its timeout's end or the request's deadline."""
+    return min(ends_monotonic - time.monotonic(), deadline_unix_ms / 1000 - time.time())
+
+
 def _host_port(host: str, port: int) -> str:
     bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
     return f"{bracketed}:{port}"
@@ -408,7 +462,9 @@ class SmoothExplainClient:
     exists, else the key file of the local server that `smoothexplain serve` recorded); the
     host and ports left None also come from that record (else 127.0.0.1, 8080, 7070); a key
     file is re-read when TorchServe rewrites it. `timeout` is in seconds per
-    call. The gRPC channel and the HTTP session are reused; call `close()` or use `with`.
+    call, a retry included. With `retry` (the default) a call that TorchServe failed because
+    the worker died or was unavailable (`is_retryable`) is sent once more with the same seed.
+    The gRPC channel and the HTTP session are reused; call `close()` or use `with`.
     """
 
     def __init__(
@@ -421,6 +477,7 @@ class SmoothExplainClient:
         token: str | None = None,
         token_file: Path | None = None,
         timeout: float = 120.0,
+        retry: bool = True,
     ) -> None:
         if transport not in ("grpc", "rest"):
             raise InvalidArgument(
@@ -428,6 +485,8 @@ class SmoothExplainClient:
             )
         if not timeout > 0:
             raise InvalidArgument(f"timeout must be > 0, got {timeout!r}", field="timeout")
+        if not isinstance(retry, bool):
+            raise InvalidArgument(f"retry must be True or False, got {retry!r}", field="retry")
         self.transport: Transport = transport
         # Unset address parts come from the local server's record, else TorchServe's defaults.
         record = read_record() if None in (host, rest_port, grpc_port) else None
@@ -435,6 +494,7 @@ class SmoothExplainClient:
         self.rest_port = rest_port or (record.rest_port if record else 8080)
         self.grpc_port = grpc_port or (record.grpc_port if record else 7070)
         self.timeout = float(timeout)
+        self.retry = retry
         self._token = _token_source(token, token_file, os.environ)
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
@@ -519,15 +579,18 @@ class SmoothExplainClient:
 
         Without a `deadline_unix_ms` the request is sent with now + `timeout`, so the server
         skips it if it is still queued when this client has given up (needs synced clocks).
+        With `retry`, an explain request without a seed is sent with a random one, and a
+        retryable failure is tried once more within what is left of the timeout and deadline.
         """
         if not isinstance(model, str) or not model:
             raise InvalidArgument("model must be a non-empty model name", field="model")
+        ends = time.monotonic() + self.timeout
         if not request.HasField("deadline_unix_ms"):
             request = _copy(request)
             request.deadline_unix_ms = int(1000 * (time.time() + self.timeout))
-        if self.transport == "grpc":
-            return _checked(self._grpc_call(model, request))
-        return _checked(self._rest_call(model, request))
+        if not self.retry:
+            return self._send(model, request, self.timeout)
+        return self._send_retrying(model, _with_seed(request), ends)
 
     attribution = staticmethod(attribution)
 
@@ -558,6 +621,22 @@ class SmoothExplainClient:
 
     # -- transports ---------------------------------------------------------------------------
 
+    def _send(self, model: str, request: pb.Request, timeout: float) -> pb.Response:
+        if self.transport == "grpc":
+            return _checked(self._grpc_call(model, request, timeout))
+        return _checked(self._rest_call(model, request, timeout))
+
+    def _send_retrying(self, model: str, request: pb.Request, ends: float) -> pb.Response:
+        """`_send`, and once more after a back-off if the failure is retryable and time allows."""
+        try:
+            return self._send(model, request, self.timeout)
+        except grpc.RpcError as error:
+            left = _seconds_left(ends, request.deadline_unix_ms)
+            if not is_retryable(error) or left <= RETRY_BACKOFF_S:
+                raise
+            time.sleep(RETRY_BACKOFF_S)  # the first failure stays attached as __context__
+            return self._send(model, request, left - RETRY_BACKOFF_S)
+
     def _current_token(self) -> str | None:
         source = self._token
         return source.current() if isinstance(source, _KeyFile) else source
@@ -575,13 +654,13 @@ class SmoothExplainClient:
                 self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
             return self._stub
 
-    def _grpc_call(self, model: str, request: pb.Request) -> pb.Response:
+    def _grpc_call(self, model: str, request: pb.Request, timeout: float) -> pb.Response:
         token = self._current_token()
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
         call = inference_pb2.PredictionsRequest(
             model_name=model, input={GRPC_KEY: request.SerializeToString()}
         )
-        reply = self._grpc_stub().Predictions(call, metadata=metadata, timeout=self.timeout)
+        reply = self._grpc_stub().Predictions(call, metadata=metadata, timeout=timeout)
         return _parse_grpc_answer(model, reply.prediction)
 
     def _http(self) -> requests.Session:
@@ -590,7 +669,7 @@ class SmoothExplainClient:
                 self._session = requests.Session()
             return self._session
 
-    def _rest_call(self, model: str, request: pb.Request) -> pb.Response:
+    def _rest_call(self, model: str, request: pb.Request, timeout: float) -> pb.Response:
         token = self._current_token()
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
@@ -599,11 +678,11 @@ class SmoothExplainClient:
         url = f"http://{_host_port(self.host, self.rest_port)}/{verb}/{quote(model, safe='')}"
         body = json_format.MessageToJson(request, preserving_proto_field_name=True, indent=None)
         try:
-            answer = self._http().post(url, data=body, headers=headers, timeout=self.timeout)
+            answer = self._http().post(url, data=body, headers=headers, timeout=timeout)
         except requests.Timeout:
             raise ExplainError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"no answer from {url} within {self.timeout:g} s",
+                f"no answer from {url} within {timeout:g} s",
                 http_status=504,
             ) from None
         except requests.RequestException as error:
@@ -611,6 +690,7 @@ class SmoothExplainClient:
                 grpc.StatusCode.UNAVAILABLE,
                 f"cannot reach {url}: {type(error).__name__}",
                 http_status=503,
+                retryable=True,
             ) from None
         try:
             text = answer.content.decode("utf-8", errors="replace")
