@@ -13,9 +13,7 @@ import io
 import json
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +44,7 @@ from smoothexplain.service import ExplainService, Incoming
 from smoothexplain.spec import Method
 
 from .analytic import small_cnn
+from .fake_frontends import JsonHandler, serving_grpc, serving_http
 
 MODEL = "tiny"
 TOKEN = "test-inference-key-7f3a"
@@ -95,7 +94,7 @@ class FakeInference(inference_pb2_grpc.InferenceAPIsServiceServicer):
         return inference_pb2.PredictionResponse(prediction=body)  # gRPC OK whatever the status
 
 
-class FakeRest(BaseHTTPRequestHandler):
+class FakeRest(JsonHandler):
     backend: Backend  # set on a subclass per server
 
     def do_POST(self) -> None:
@@ -114,15 +113,7 @@ class FakeRest(BaseHTTPRequestHandler):
         self._send(status, answer)
 
     def _send(self, status: int, body: bytes | dict[str, Any]) -> None:
-        data = json.dumps(body).encode() if isinstance(body, dict) else body
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # keep the test output quiet
+        self.send_json(status, json.dumps(body).encode() if isinstance(body, dict) else body)
 
 
 @dataclass(frozen=True)
@@ -165,33 +156,16 @@ def backend() -> Backend:
 
 @pytest.fixture(scope="module")
 def grpc_port(backend: Backend) -> Iterator[int]:
-    executor = ThreadPoolExecutor(max_workers=2)
-    server = grpc.server(executor)
     # The other RPCs keep the generated base's UNIMPLEMENTED answers (abstract only in the stubs).
-    servicer = FakeInference(backend)  # type: ignore[abstract]
-    inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
+    with serving_grpc(FakeInference(backend)) as port:  # type: ignore[abstract]
         yield port
-    finally:
-        server.stop(grace=None).wait()
-        executor.shutdown(wait=True)
 
 
 @pytest.fixture(scope="module")
 def rest_port(backend: Backend) -> Iterator[int]:
     handler = type("BoundFakeRest", (FakeRest,), {"backend": backend})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving_http(handler) as port:
+        yield port
 
 
 @pytest.fixture
