@@ -5,20 +5,25 @@ Every decoding error is an `InvalidArgument` (or `UnsupportedMediaType`) naming 
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from ._proto.smoothexplain.v1 import explain_pb2 as pb
 from .config import Limits, Preprocess
 from .errors import InvalidArgument, LimitExceeded, UnsupportedMediaType
 from .images import ACCEPTED, image_format, load_image
+from .spec import FLOAT32_MAX
 
 __all__ = [
     "GRPC_KEY",
@@ -39,13 +44,17 @@ _DTYPES: dict[pb.DType.ValueType, tuple[np.dtype[Any], torch.dtype]] = {
     pb.DTYPE_UINT8: (np.dtype("u1"), torch.uint8),
 }
 _DETAIL_MAX = 300  # characters of a parser's message quoted in an error
+_SHOWN_MAX = 60  # characters of a key or value quoted in an error (and in its field path)
 
 
 def _as_bytes(payload: object, field: str) -> bytes:
     if isinstance(payload, bytes | bytearray | memoryview):
         return bytes(payload)
-    if isinstance(payload, str):
-        return payload.encode()
+    if isinstance(payload, str):  # TorchServe decoded a text/* body, or parsed a JSON string
+        try:
+            return payload.encode()
+        except UnicodeEncodeError as error:
+            raise _surrogate(field, error) from None
     raise UnsupportedMediaType(f"{field}: cannot read a {type(payload).__name__} body", field=field)
 
 
@@ -57,9 +66,8 @@ def decode_request(
         field = GRPC_KEY if from_grpc else "body"
         raise InvalidArgument(f"{field} is missing: send a Request message", field=field)
     if isinstance(payload, Mapping):  # TorchServe already parsed a JSON body
-        text = json.dumps(payload)
-        _check_size(len(text), limits)  # the same limit as an unparsed body
-        request = _from_json(text)
+        _check_size(_json_size(payload), limits)  # the same limit as an unparsed body
+        request = _from_json(payload)
     else:
         data = _as_bytes(payload, "body")
         _check_size(len(data), limits)
@@ -70,7 +78,7 @@ def decode_request(
         elif image_format(data) is not None:
             request = pb.Request(input=pb.Input(image=data))
         elif data.lstrip()[:1] == b"{":
-            request = _from_json(_utf8(data))
+            request = _from_json(_load_json(_utf8(data)))
         else:
             raise UnsupportedMediaType(
                 f"body must be a {ACCEPTED} image or a JSON Request (see proto/)", field="body"
@@ -109,37 +117,233 @@ def _from_proto(data: bytes) -> pb.Request:
     return request
 
 
-def _from_json(text: str) -> pb.Request:
+def _json_size(parsed: Mapping[Any, Any]) -> int:
     try:
-        return json_format.Parse(text, pb.Request())
-    except json_format.ParseError as error:
-        # One line, bounded: json_format may quote a whole (huge) value or list the fields
-        # on a second line.
-        detail = " ".join(str(error).split())[:_DETAIL_MAX]
-        field = _mistyped(text, pb.Request.DESCRIPTOR) or _json_field(str(error))
-        raise InvalidArgument(f"body: invalid Request JSON: {detail}", field=field) from None
+        return len(json.dumps(parsed))
+    except (TypeError, ValueError, RecursionError):  # not what json.loads makes
+        raise InvalidArgument("body: not a JSON object", field="body") from None
 
 
-def _mistyped(text: str | dict[str, Any], descriptor: Any, prefix: str = "") -> str:
-    """The first message-typed field whose JSON value is not an object ("" if none): there
-    json_format reports the characters of a string as unknown field names."""
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads keeps the last of duplicated keys; a Request spelling a field twice is
+    ambiguous, so it is refused (json_format's own parser does the same)."""
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return result
+
+
+def _load_json(text: str) -> object:
     try:
-        value = json.loads(text) if isinstance(text, str) else text
-    except (ValueError, RecursionError):
-        return ""
-    if not isinstance(value, dict):
-        return ""
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as duplicate:
+        raise InvalidArgument(
+            f"body: the key {_shown(duplicate.key)} appears twice in one JSON object",
+            field="body",
+        ) from None
+    except (ValueError, RecursionError) as error:
+        raise InvalidArgument(f"body: not valid JSON: {_one_line(error)}", field="body") from None
+
+
+def _from_json(value: object) -> pb.Request:
+    """A parsed JSON body → Request. Our schema walk checks every key and value first, so
+    json_format (and the upb maps under it, which raise SystemError on a lone surrogate)
+    only ever sees known field names and values of the right JSON type."""
+    if not isinstance(value, Mapping):
+        raise UnsupportedMediaType("body must be a JSON object (a Request)", field="body")
+    _check_message(value, pb.Request.DESCRIPTOR, "")
+    try:
+        return json_format.ParseDict(dict(value), pb.Request())
+    except Exception as error:  # as json_format.Parse does: a fault of the document's
+        # One line, bounded: json_format may quote a whole (huge) value.
+        field = _json_field(str(error))
+        raise InvalidArgument(
+            f"body: invalid Request JSON: {_one_line(error)}", field=field
+        ) from None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:_DETAIL_MAX]
+
+
+def _escaped(text: str) -> str:
+    """`text` for an error message: one line, lone surrogates and other unprintable
+    characters escaped, at most _SHOWN_MAX characters."""
+    head = "".join(
+        c if c.isprintable() else c.encode("unicode_escape").decode()
+        for c in text[: _SHOWN_MAX + 1]
+    )
+    return head[:_SHOWN_MAX] + "..." if len(head) > _SHOWN_MAX else head
+
+
+def _shown(key: str) -> str:
+    """A JSON key as it appears in a field path (an empty one as "")."""
+    return _escaped(key) or '""'
+
+
+def _described(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{_escaped(value)}"'
+    if isinstance(value, bool | float) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        bits = value.bit_length()
+        return str(value) if bits <= 64 else f"an integer of {bits} bits"
+    return f"a JSON {'array' if isinstance(value, list) else 'object'}"
+
+
+def _surrogate(field: str, error: UnicodeEncodeError) -> InvalidArgument:
+    return InvalidArgument(
+        f"{field} holds a lone UTF-16 surrogate at character {error.start}; JSON text must "
+        "encode whole Unicode characters",
+        field=field,
+    )
+
+
+# proto3 JSON: integers as numbers or strings. A string must be decimal digits ("7.0", "1e3",
+# " 7" or "٧" are refused; json_format would take them). A number with a fraction or an
+# exponent (7.0, 1e3) is accepted as json_format and the proto3 spec do, but only while a
+# double holds it exactly: 9007199254740993.0 would silently become ...992.
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
+_EXACT_FLOAT_INTEGER = 2**53
+# Doubles as strings: a JSON number in quotes, or NaN/Infinity/-Infinity (no " 1", "1_0").
+_NUMBER_TEXT = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|NaN|-?Infinity")
+_INTEGER_TYPES = frozenset(
+    (
+        FieldDescriptor.CPPTYPE_INT32,
+        FieldDescriptor.CPPTYPE_INT64,
+        FieldDescriptor.CPPTYPE_UINT32,
+        FieldDescriptor.CPPTYPE_UINT64,
+    )
+)
+_REAL_TYPES = frozenset((FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT))
+
+
+@functools.cache
+def _fields_by_key(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
+    """Proto and JSON (camelCase) names → field, as a plain dict (upb's maps are no dicts)."""
+    by_name = {f.name: f for f in descriptor.fields}
+    return {**{f.json_name: f for f in descriptor.fields}, **by_name}
+
+
+@functools.cache
+def _enum_names(enum: EnumDescriptor) -> frozenset[str]:
+    return frozenset(v.name for v in enum.values)
+
+
+def _check_message(value: Mapping[Any, Any], descriptor: Descriptor, prefix: str) -> None:
+    """Every key a field of `descriptor`, every value of its field's JSON type, recursively;
+    the first offence is refused naming its path. Ranges are left to json_format."""
+    fields = _fields_by_key(descriptor)
     for key, item in value.items():
-        field = descriptor.fields_by_name.get(key) or descriptor.fields_by_camelcase_name.get(key)
-        if field is None or field.message_type is None or item is None:
+        field = fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            path = prefix + _shown(key if isinstance(key, str) else repr(key))
+            names = sorted(f.name for f in descriptor.fields)
+            raise InvalidArgument(
+                f"{path} is not a field of {descriptor.name} (fields: {', '.join(names)})",
+                field=path,
+            )
+        if item is None:  # proto3 JSON: null is the field's default
             continue
-        path = f"{prefix}{field.name}"
+        path = prefix + field.name
+        if not field.is_repeated:
+            _check_value(field, item, path)
+        elif isinstance(item, list):
+            for element in item:
+                _check_value(field, element, path)
+        else:
+            raise InvalidArgument(f"{path} must be a JSON array", field=path)
+
+
+def _check_value(field: FieldDescriptor, item: object, path: str) -> None:
+    kind = field.cpp_type
+    if field.message_type is not None:
         if not isinstance(item, dict):
-            return path
-        inner = _mistyped(item, field.message_type, f"{path}.")
-        if inner:
-            return inner
-    return ""
+            raise InvalidArgument(
+                f"{path} must be a JSON object, got {_described(item)}", field=path
+            )
+        _check_message(item, field.message_type, path + ".")
+    elif field.enum_type is not None:
+        _check_enum(field.enum_type, item, path)
+    elif kind in _INTEGER_TYPES:
+        if _json_integer(item) is None:  # its range is json_format's to check
+            raise InvalidArgument(
+                f"{path} must be an integer (a JSON number or a string of decimal digits), "
+                f"got {_described(item)}",
+                field=path,
+            )
+    elif kind in _REAL_TYPES:
+        if not _is_real(item):
+            raise InvalidArgument(
+                f'{path} must be a number (or "NaN", "Infinity", "-Infinity"), '
+                f"got {_described(item)}",
+                field=path,
+            )
+    elif kind == FieldDescriptor.CPPTYPE_BOOL:
+        if not isinstance(item, bool):
+            raise InvalidArgument(
+                f"{path} must be true or false, got {_described(item)}", field=path
+            )
+    else:
+        _check_text(field, item, path)
+
+
+def _check_enum(enum: EnumDescriptor, item: object, path: str) -> None:
+    names = _enum_names(enum)
+    if isinstance(item, str) and item in names:
+        return
+    number = _json_integer(item)
+    if number is not None and -(2**31) <= number < 2**31:
+        return  # a number the enum lacks is refused with the field by the service
+    shown = sorted(n for n in names if not n.endswith("_UNSPECIFIED"))
+    raise InvalidArgument(
+        f"{path} must be one of {shown} or its number (an int32), got {_described(item)}",
+        field=path,
+    )
+
+
+def _check_text(field: FieldDescriptor, item: object, path: str) -> None:
+    if not isinstance(item, str):
+        kind = "base64 string" if field.type == FieldDescriptor.TYPE_BYTES else "string"
+        raise InvalidArgument(f"{path} must be a {kind}, got {_described(item)}", field=path)
+    try:
+        item.encode()
+    except UnicodeEncodeError as error:
+        raise _surrogate(path, error) from None
+
+
+def _json_integer(item: object) -> int | None:
+    """The integer a JSON value stands for, None if it is none (see _INTEGER_TEXT)."""
+    if isinstance(item, bool):  # a bool is an int to Python, not to JSON
+        return None
+    if isinstance(item, int):
+        return item
+    if isinstance(item, float):
+        return int(item) if item.is_integer() and abs(item) < _EXACT_FLOAT_INTEGER else None
+    if isinstance(item, str) and _INTEGER_TEXT.fullmatch(item):
+        return int(item)
+    return None
+
+
+def _is_real(item: object) -> bool:
+    if isinstance(item, bool):
+        return False
+    if isinstance(item, int):
+        return abs(item) <= sys.float_info.max
+    if isinstance(item, float):  # bare NaN/Infinity tokens: Python's json takes them, JSON not
+        return math.isfinite(item)
+    return isinstance(item, str) and _NUMBER_TEXT.fullmatch(item) is not None
 
 
 def _json_field(message: str) -> str:
@@ -232,10 +436,23 @@ def tensor_from_message(message: pb.Tensor, pre: Preprocess, limits: Limits) -> 
             field=f"{field}.data",
         )
     array = np.frombuffer(message.data, dtype=np_dtype).reshape(shape)
-    tensor = torch.from_numpy(array.astype(np.float32))
-    if not bool(torch.isfinite(tensor).all()):
-        raise InvalidArgument(f"{field}.data contains NaN or Inf", field=f"{field}.data")
-    return tensor
+    _check_float32_range(array, f"{field}.data")
+    return torch.from_numpy(array.astype(np.float32))
+
+
+def _check_float32_range(array: np.ndarray[Any, Any], field: str) -> None:
+    """Refuse NaN, inf, and float64 values beyond float32's range (the cast would make them
+    inf). Float64 values below float32's smallest become subnormals or 0, as a cast rounds."""
+    if array.dtype.kind != "f":
+        return
+    finite = bool(np.isfinite(array).all())
+    if finite and array.dtype.itemsize > 4:
+        finite = float(np.abs(array).max()) <= FLOAT32_MAX
+    if not finite:
+        raise InvalidArgument(
+            f"{field} contains NaN, Inf or values beyond float32 (|x| > {FLOAT32_MAX:.8g})",
+            field=field,
+        )
 
 
 def tensor_to_message(

@@ -16,7 +16,10 @@ import torch
 from .errors import InvalidArgument
 
 __all__ = [
+    "FLOAT32_MAX",
     "MAX_SEED",
+    "MAX_SIGMA",
+    "MIN_CONFIDENCE",
     "MIN_SAMPLES_FOR_STOPPING",
     "Bounds",
     "ExplainSpec",
@@ -27,11 +30,22 @@ __all__ = [
     "NoiseSampling",
     "NtType",
     "Precision",
+    "finite_float32",
     "make_spec",
 ]
 
 MAX_SEED = 2**63 - 1
 MIN_SAMPLES_FOR_STOPPING = 8  # adaptive stopping never judges the error on fewer samples
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # the engine computes in float32
+# Noise of ten times the whole input range already drowns any signal (the papers use 0.1-0.3);
+# the cap keeps a mistyped 1e30 from turning every noisy input into inf. It bounds `sigma`, and
+# `stdevs` at MAX_SIGMA times the widest range of the declared bounds. A sanity bound, not a
+# cost: unlike the server limits in config.Limits there is nothing to configure.
+MAX_SIGMA = 10.0
+# AdaptGrad's sigma_i reaches (half the range) / (sqrt(2) erfinv(c)), which grows as 1/c and
+# overflows float32 for tiny c. c >= 0.04 keeps it within the same MAX_SIGMA x range as
+# Gaussian noise (erf(1 / (2 sqrt(2) MAX_SIGMA)) = 0.0399); the paper uses 0.95-0.999.
+MIN_CONFIDENCE = 0.04
 
 
 class Method(StrEnum):
@@ -154,6 +168,20 @@ def _integer(field: str, value: object, low: int, high: int | None = None) -> in
     return value
 
 
+def finite_float32(value: float, field: str) -> float:
+    """`value` if float32 holds it as a finite number, else `InvalidArgument` naming `field`.
+
+    The engine computes in float32: a double above its range (an IG baseline of 1e39) is
+    finite here but becomes inf there, and every gradient after it NaN.
+    """
+    if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
+        raise InvalidArgument(
+            f"{field} must be a finite float32 number (|x| <= {FLOAT32_MAX:.8g}), got {value!r}",
+            field=field,
+        )
+    return value
+
+
 def _real(
     field: str,
     value: object,
@@ -162,18 +190,22 @@ def _real(
     open_low: bool = False,
     high: float | None = None,
     open_high: bool = False,
+    why: str = "",
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise InvalidArgument(f"{field} must be a number, got {value!r}", field=field)
-    number = float(value)
+    try:
+        number = finite_float32(float(value), field)
+    except OverflowError:  # an int beyond any float
+        number = finite_float32(math.inf, field)
     too_low = number <= low if open_low else number < low
     too_high = high is not None and (number >= high if open_high else number > high)
-    if not math.isfinite(number) or too_low or too_high:
+    if too_low or too_high:
         left = "(" if open_low else "["
         right = ")" if open_high else "]"
-        span = f"{left}{low}, {'inf' if high is None else high}{right}"
+        span = f"{left}{low}, {'inf' if high is None else f'{high:g}'}{right}"
         raise InvalidArgument(
-            f"{field} must be a finite number in {span}, got {value!r}", field=field
+            f"{field} must be a finite number in {span}{why}, got {value!r}", field=field
         )
     return number
 
@@ -191,8 +223,10 @@ def _bounds(value: object) -> Bounds | None:
         raise InvalidArgument(
             f"bounds must hold numbers or tensors: {error}", field="bounds"
         ) from None
-    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
-        raise InvalidArgument("bounds must be finite", field="bounds")
+    if not all(bool((v.abs() <= FLOAT32_MAX).all()) for v in (low, high)):  # NaN fails too
+        raise InvalidArgument(
+            f"bounds must be finite float32 numbers (|x| <= {FLOAT32_MAX:.8g})", field="bounds"
+        )
     try:
         ordered = bool((high > low).all())
     except RuntimeError:
@@ -202,6 +236,44 @@ def _bounds(value: object) -> Bounds | None:
     if not ordered:
         raise InvalidArgument("bounds must satisfy x_min < x_max everywhere", field="bounds")
     return Bounds(low=low, high=high)
+
+
+def _stdevs(value: object, bounds: Bounds | None) -> float | None:
+    """Absolute noise, capped at MAX_SIGMA times the widest declared range (without bounds
+    the range is each input's own, unknown here: then only float32 finiteness is checked)."""
+    if value is None:
+        return None
+    if bounds is None:
+        return _real("stdevs", value, low=0.0)
+    widest = float((bounds.high - bounds.low).max())
+    return _real(
+        "stdevs",
+        value,
+        low=0.0,
+        high=MAX_SIGMA * widest,
+        why=f" ({MAX_SIGMA:g} x the input range {widest:g})",
+    )
+
+
+def _refuse_degenerate_vargrad(spec: ExplainSpec) -> None:
+    """VarGrad of one sample, or of samples without noise, is 0 everywhere: refuse it rather
+    than answer an all-zero map. (Other nt_types are well defined with one sample; nt_type
+    none ignores nt_samples, as it is one clean pass.)"""
+    if spec.nt_type is not NtType.VARGRAD:
+        return
+    if spec.nt_samples < 2:
+        raise InvalidArgument(
+            f"nt_samples must be >= 2 for nt_type='vargrad' (the variance of one sample is 0 "
+            f"everywhere), got {spec.nt_samples}",
+            field="nt_samples",
+        )
+    scale, field = (spec.sigma, "sigma") if spec.stdevs is None else (spec.stdevs, "stdevs")
+    if spec.noise is NoiseKind.GAUSSIAN and scale == 0:
+        raise InvalidArgument(
+            f"{field} must be > 0 for nt_type='vargrad' (samples without noise are all the "
+            "same: their variance is 0 everywhere)",
+            field=field,
+        )
 
 
 def make_spec(
@@ -235,17 +307,16 @@ def make_spec(
             "return_convergence_delta is only defined for method='integrated_gradients'",
             field="return_convergence_delta",
         )
-    return ExplainSpec(
+    checked_bounds = _bounds(bounds)
+    spec = ExplainSpec(
         method=chosen_method,
         nt_type=_choice("nt_type", nt_type, NtType),
         noise=_choice("noise", noise, NoiseKind),
         nt_samples=_integer("nt_samples", nt_samples, 1),
-        stdevs=None if stdevs is None else _real("stdevs", stdevs, low=0.0),
-        sigma=_real("sigma", sigma, low=0.0),
-        bounds=_bounds(bounds),
-        confidence=_real(
-            "confidence", confidence, low=0.0, open_low=True, high=1.0, open_high=True
-        ),
+        stdevs=_stdevs(stdevs, checked_bounds),
+        sigma=_real("sigma", sigma, low=0.0, high=MAX_SIGMA, why=" (a fraction of the range)"),
+        bounds=checked_bounds,
+        confidence=_real("confidence", confidence, low=MIN_CONFIDENCE, high=1.0, open_high=True),
         n_steps=_integer("n_steps", n_steps, least_steps),
         ig_rule=rule,
         return_convergence_delta=return_convergence_delta,
@@ -256,3 +327,5 @@ def make_spec(
         precision=_choice("precision", precision, Precision),
         ig_sampling=_choice("ig_sampling", ig_sampling, IgSampling),
     )
+    _refuse_degenerate_vargrad(spec)
+    return spec

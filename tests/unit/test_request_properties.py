@@ -7,6 +7,7 @@ thousands of bodies in seconds; the real-server corpus is tests/integration/test
 from __future__ import annotations
 
 import json
+import re
 import string
 from typing import Any
 
@@ -16,8 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.codec import GRPC_KEY, _json_field, message_to_tensor, tensor_to_message
+from smoothexplain.codec import (
+    GRPC_KEY,
+    _json_field,
+    _shown,
+    decode_request,
+    message_to_tensor,
+    tensor_to_message,
+)
 from smoothexplain.config import parse_config
+from smoothexplain.errors import InvalidArgument
 from smoothexplain.service import ExplainService, Incoming, Outgoing
 from smoothexplain.ts_handler import REASON_MAX, incoming_from, reason_phrase
 
@@ -97,20 +106,30 @@ _KEYS = st.sampled_from(
     ["input", "image", "tensor", "shape", "dtype", "data", "options", "nt_samples", "method",
      "explain", "target", "top_k", "sigma", "seed", "topK", "ntSamples", "bogus"]
 )  # fmt: skip
-_JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
-    max_leaves=12,
-)
 
 
-@FAST
-@given(value=st.dictionaries(_KEYS, _JSON, max_size=5), parsed=st.booleans())
-def test_any_json_object_gets_one_clear_answer(value: dict[str, Any], parsed: bool) -> None:
+def _json_values(keys: st.SearchStrategy[str], text: st.SearchStrategy[str]) -> Any:
+    return st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | text,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+        max_leaves=12,
+    )
+
+
+def _answer_json(value: dict[str, Any], parsed: bool) -> tuple[Outgoing, pb.Response]:
     # TorchServe hands application/json bodies over already parsed; others arrive as bytes.
     payload: object = value if parsed else json.dumps(value).encode()
     (answer,) = SERVICE.handle([Incoming(payload, explain_path=True)])
-    response = _check(answer, grpc=False)
+    return answer, _check(answer, grpc=False)
+
+
+@FAST
+@given(
+    value=st.dictionaries(_KEYS, _json_values(_KEYS, st.text(max_size=8)), max_size=5),
+    parsed=st.booleans(),
+)
+def test_any_json_object_gets_one_clear_answer(value: dict[str, Any], parsed: bool) -> None:
+    answer, response = _answer_json(value, parsed)
     if answer.status != 200:
         assert response.error.field.split(".")[0] in FIELDS | set(value) | {"body"}
 
@@ -121,7 +140,11 @@ def _mostly(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any]) -> st.Sea
 
 
 _ENUM = _mostly(st.integers(0, 4), st.integers(-1, 9))
-_BAD_FLOAT = st.floats(-1, 0, exclude_max=True) | st.sampled_from([float("nan"), float("inf")])
+_BAD_FLOAT = (
+    st.floats(-1, 0, exclude_max=True)
+    | st.sampled_from([float("nan"), float("inf"), 1e39, -1e39])
+    | st.floats(10, 1e300, exclude_min=True)  # above MAX_SIGMA, and stdevs' 10 x range 4
+)
 
 
 @st.composite
@@ -149,7 +172,7 @@ def _requests(draw: st.DrawFn) -> pb.Request:
         ("n_steps", _mostly(st.integers(2, 8), st.integers(0, 9))),
         ("sigma", _mostly(st.floats(0, 0.5), _BAD_FLOAT)),
         ("stdevs", _mostly(st.floats(0, 0.5), _BAD_FLOAT)),
-        ("confidence", _mostly(st.floats(0.01, 0.99), st.floats(-0.5, 1.5))),
+        ("confidence", _mostly(st.floats(0.04, 0.99), st.floats(-0.5, 1.5))),
         ("baseline", _mostly(st.floats(-2, 2), st.sampled_from([float("nan"), float("-inf")]))),
     ):
         if draw(st.booleans()):
@@ -211,3 +234,84 @@ def test_the_explain_header_alone_tells_rest_from_grpc(keys: list[str], header: 
         assert incoming.payload == row.get(GRPC_KEY)
     else:
         assert incoming.explain_path == (str(header).lower() == "true")
+
+
+# Keys and strings as an attacker writes them: lone surrogates, long runs, names of fields.
+_ANY_TEXT = st.text(
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF) | st.characters(), max_size=6
+) | st.builds(lambda c, n: c * n, st.sampled_from(["k", "\ud800", "é"]), st.integers(60, 3000))
+_ANY_KEYS = _KEYS | _ANY_TEXT
+
+
+@FAST
+@given(
+    value=st.dictionaries(_ANY_KEYS, _json_values(_ANY_KEYS, _ANY_TEXT), max_size=4),
+    parsed=st.booleans(),
+)
+def test_any_keys_and_strings_get_one_clear_answer(value: dict[str, Any], parsed: bool) -> None:
+    """Issue 18: a lone surrogate or a long key anywhere answered 500 (upb's SystemError)."""
+    answer, response = _answer_json(value, parsed)
+    assert isinstance(answer.body, str)
+    answer.body.encode()  # the answer itself holds no lone surrogate
+    if answer.status != 200:
+        field = response.error.field
+        assert field.split(".")[0] in FIELDS | {"body"} or field in {_shown(k) for k in value}
+        assert len(field) < 200
+
+
+_INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
+
+
+def _json_integer(value: object) -> int | None:
+    """The integer a JSON value stands for under our rule (None: refused): a number with no
+    fraction (held exactly by a double, if written as one) or a string of decimal digits."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() and abs(value) < 2**53 else None
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        return int(value)
+    return None
+
+
+_INTEGER_LIKE = (
+    st.integers(-5, 2**64 + 5)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.integers(0, 2**60).map(float)
+    | st.booleans()
+    | st.integers(-5, 2**64).map(str)
+    | st.sampled_from(["7.0", "1e3", " 7", "7 ", "\t7", "+7", "0x7", "1_0", "\u0667", "", "-"])
+)
+
+
+@FAST
+@given(value=_INTEGER_LIKE, parsed=st.booleans())
+def test_integer_fields_take_exactly_json_integers(value: object, parsed: bool) -> None:
+    body = {"input": {"image": ""}, "options": {"seed": value}}
+    payload: object = body if parsed else json.dumps(body).encode()
+    expected = _json_integer(value)
+    try:
+        request = decode_request(payload, from_grpc=False, explain_path=True, limits=CONFIG.limits)
+    except InvalidArgument as error:
+        assert error.field == "options.seed", error.message
+        assert expected is None or not 0 <= expected < 2**64  # uint64's range
+    else:
+        assert expected is not None and request.options.seed == expected
+
+
+@FAST
+@given(value=_INTEGER_LIKE | st.sampled_from([*pb.Method.keys(), "gradient", "METHOD_X"]))
+def test_enum_fields_take_a_name_or_an_integer(value: object) -> None:
+    body = {"input": {"image": ""}, "options": {"method": value}}
+    names: dict[str, int] = dict(pb.Method.items())
+    number = names.get(value) if isinstance(value, str) else None
+    number = _json_integer(value) if number is None else number
+    try:
+        request = decode_request(body, from_grpc=False, explain_path=True, limits=CONFIG.limits)
+    except InvalidArgument as error:
+        assert error.field == "options.method", error.message
+        assert number is None or not -(2**31) <= number < 2**31  # an enum is an int32
+    else:
+        assert number is not None and request.options.method == number
