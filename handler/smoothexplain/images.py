@@ -6,7 +6,8 @@ torchvision's own (`Resize(resize)` + `CenterCrop(size)` on a PIL image), not a 
 arithmetic, so a model trained with those transforms sees the pixels it was trained on.
 
 Every failure is an `InvalidArgument` naming `field`: an `UnsupportedMediaType` (415) for bytes
-that are no PNG, JPEG or WebP, a `LimitExceeded` for too many pixels, else a 400.
+that are no PNG, JPEG or WebP, a `LimitExceeded` for too many pixels (decoded or resized) or too
+thin a strip, judged from the header before any pixel is decoded, else a 400.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import io
 import re
 import struct
 import warnings
+from dataclasses import dataclass
+from typing import NoReturn
 
 import numpy as np
 import torchvision.transforms.functional as tvf  # type: ignore[import-untyped]
@@ -67,13 +70,16 @@ def load_image(
     mode: str = "RGB",
     crop: tuple[int, int] | None = None,
     max_pixels: int | None = None,
+    max_aspect_ratio: float | None = None,
     field: str = "input.image",
 ) -> Image.Image:
     """Decode a PNG, JPEG or WebP image, turn it upright, convert it to `mode` ("RGB", "L").
 
     `crop` = (resize, size): then the shorter side is resized to `resize` and the centre
     `size` × `size` cut out, as torchvision's `Resize(resize)` + `CenterCrop(size)`. Images
-    above `max_pixels` (width × height) are refused before their pixels are decoded.
+    above `max_pixels` (width × height), as decoded or as resized, or with a longer side
+    above `max_aspect_ratio` times the shorter are refused from the size their header
+    declares, before their pixels are decoded.
     """
     kind = image_format(data)
     if kind is None:
@@ -81,10 +87,12 @@ def load_image(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            resize = None if crop is None else crop[0]
+            limits = _SizeLimits(field, max_pixels, max_aspect_ratio, resize)
             if kind == "WEBP":  # PIL's WebP decoder allocates its canvas when it opens
-                _check_webp(data, max_pixels, field)
-            image = Image.open(io.BytesIO(data), formats=(kind,))
-            _check_pixels(image.size, max_pixels, field)
+                _check_webp(data, limits)
+            image = Image.open(io.BytesIO(data), formats=(kind,))  # reads the header only
+            limits.check(image.size)
             if image.format not in _IMAGE_FORMATS[kind]:
                 raise UnsupportedMediaType(f"{field} must be {ACCEPTED}", field=field)
             image.load()
@@ -99,13 +107,12 @@ def load_image(
     ) as error:
         if isinstance(error, InvalidArgument):
             raise
+        if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
+            raise LimitExceeded(f"{field} is too large: {_detail(error)}", field=field) from None
         raise InvalidArgument(
             f"{field} cannot be decoded as {_NAMES[kind]}: {_detail(error)}", field=field
         ) from None
-    if crop is None:
-        return picture
-    _check_resized(picture.size, crop[0], max_pixels, field)
-    return resize_crop(picture, *crop)
+    return picture if crop is None else resize_crop(picture, *crop)
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
@@ -117,21 +124,6 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(scaled.round().astype(np.uint8), mode="L")
 
 
-def _check_resized(size: tuple[int, int], resize: int, max_pixels: int | None, field: str) -> None:
-    """The shorter side goes to `resize`: a 1×N strip would become resize × resize·N pixels
-    (memory the tiny file never shows), so the *resized* size is held to max_pixels too."""
-    width, height = size
-    short, long = min(width, height), max(width, height)
-    resized = resize * int(resize * long / short)
-    if max_pixels is not None and resized > max_pixels:
-        raise LimitExceeded(
-            f"{field} is {width}×{height} pixels: resizing its shorter side to {resize} would "
-            f"make {resized} pixels, above the server limit max_pixels={max_pixels} (an aspect "
-            f"ratio of {long / short:.0f}:1); crop it closer to a square",
-            field=field,
-        )
-
-
 def resize_crop(image: Image.Image, resize: int, size: int) -> Image.Image:
     """torchvision's `Resize(resize)` then `CenterCrop(size)` (bilinear, PIL's antialiasing;
     a crop larger than the resized image is padded with zeros, as CenterCrop does)."""
@@ -140,25 +132,60 @@ def resize_crop(image: Image.Image, resize: int, size: int) -> Image.Image:
     return cropped
 
 
-def _check_pixels(size: tuple[int, int], max_pixels: int | None, field: str) -> None:
-    width, height = size
-    if max_pixels is not None and width * height > max_pixels:
+@dataclass(frozen=True)
+class _SizeLimits:
+    """What the size an image declares may be; checked before any pixel is decoded."""
+
+    field: str
+    max_pixels: int | None
+    max_aspect_ratio: float | None
+    resize: int | None  # its shorter side once resized; None: not resized
+
+    def check(self, size: tuple[int, int]) -> None:
+        """Decoded pixels, aspect ratio, resized pixels (the EXIF turn may swap width and
+        height, which changes none of them)."""
+        width, height = size
+        if self.max_pixels is not None and width * height > self.max_pixels:
+            self._refuse(f"{width}×{height} pixels", f"max_pixels={self.max_pixels}")
+        short, long = min(width, height), max(width, height)
+        if self.max_aspect_ratio is not None and long > self.max_aspect_ratio * short:
+            self._refuse(
+                f"{width}×{height} pixels, an aspect ratio of {long / short:.1f}:1",
+                f"max_aspect_ratio={self.max_aspect_ratio:g}; crop it closer to a square",
+            )
+        if self.resize is not None and short > 0:
+            self._check_resized(size, short, long)
+
+    def _check_resized(self, size: tuple[int, int], short: int, long: int) -> None:
+        """The shorter side goes to `resize`: a 1×N strip would become resize × resize·N pixels
+        (memory the tiny file never shows), so the *resized* size is held to max_pixels too."""
+        assert self.resize is not None
+        resized = self.resize * int(self.resize * long / short)  # torchvision's arithmetic
+        if self.max_pixels is not None and resized > self.max_pixels:
+            self._refuse(
+                f"{size[0]}×{size[1]} pixels: resizing its shorter side to {self.resize} would "
+                f"make {resized} pixels",
+                f"max_pixels={self.max_pixels} (an aspect ratio of {long / short:.0f}:1); "
+                "crop it closer to a square",
+            )
+
+    def _refuse(self, what: str, limit: str) -> NoReturn:
         raise LimitExceeded(
-            f"{field} is {width}×{height} pixels, above the server limit max_pixels={max_pixels}",
-            field=field,
+            f"{self.field} is {what}, above the server limit {limit}", field=self.field
         )
 
 
-def _check_webp(data: bytes, max_pixels: int | None, field: str) -> None:
-    """`_check_pixels` and PIL's decompression-bomb limit on the size a WebP header declares
+def _check_webp(data: bytes, limits: _SizeLimits) -> None:
+    """`limits` and PIL's decompression-bomb limit on the size a WebP header declares
     (Image.open checks the bomb limit only after making the decoder)."""
-    width, height = size = _webp_size(data, field)
-    _check_pixels(size, max_pixels, field)
+    width, height = size = _webp_size(data, limits.field)
+    limits.check(size)
     bomb = Image.MAX_IMAGE_PIXELS
     if bomb is not None and width * height > bomb:
         raise LimitExceeded(
-            f"{field} is {width}×{height} pixels, above PIL's decompression-bomb limit {bomb}",
-            field=field,
+            f"{limits.field} is {width}×{height} pixels, above PIL's decompression-bomb "
+            f"limit {bomb}",
+            field=limits.field,
         )
 
 

@@ -9,12 +9,14 @@ written out with numpy rather than with PIL's transposes.
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 from skimage import data as photographs
 from torchvision import transforms
 
@@ -86,8 +88,8 @@ def test_chelsea_uses_the_truncated_long_side_and_the_rounded_crop_offset() -> N
     [
         (257, 311, IMAGENET),
         (311, 257, Preprocess(size=97, resize=113)),
-        (1000, 3, Preprocess(size=24, resize=31)),
-        (3, 1000, Preprocess(size=24, resize=31)),
+        (300, 3, Preprocess(size=24, resize=31)),  # at the default max_aspect_ratio (100)
+        (3, 300, Preprocess(size=24, resize=31)),
         (41, 29, Preprocess(size=64, resize=50)),  # resize < size: CenterCrop pads with zeros
         (99, 67, Preprocess(size=64, resize=64)),
         (64, 64, Preprocess(size=64, resize=64)),  # already the model's size
@@ -211,6 +213,100 @@ def test_a_thin_strip_is_refused_before_its_resize_allocates(width: int, height:
     with pytest.raises(LimitExceeded, match="aspect ratio") as info:
         image_to_tensor(strip, Preprocess(), LIMITS)
     assert info.value.field == "input.image"
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG of 8-bit RGB with only its IHDR and IEND chunks: the size without the pixels."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PNG and JPEG pixels are decoded in ImageFile.load: make decoding a test failure."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pixels were decoded before the size was checked")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+
+
+@pytest.mark.usefixtures("no_decoding")
+@pytest.mark.parametrize(
+    ("width", "height", "pre"),
+    [
+        (40_000, 1, Preprocess(size=64, resize=64)),  # the attack's 201-byte PNG, demo config
+        (1, 1_000_000, Preprocess(size=64, resize=64)),
+        (1, 20_000_000, IMAGENET),  # within max_pixels as decoded, not as resized
+        (7_000, 18, IMAGENET),  # 389:1, just above what max_pixels allows at 256
+    ],
+)
+def test_a_strip_too_big_once_resized_is_refused_from_its_header(
+    width: int, height: int, pre: Preprocess
+) -> None:
+    strip = _png_header(width, height)
+    with pytest.raises(LimitExceeded, match="max_pixels=25000000") as info:
+        image_to_tensor(strip, pre, LIMITS)
+    assert info.value.field == "input.image" and f"{width}×{height}" in info.value.message
+    assert "resizing its shorter side" in info.value.message
+
+
+@pytest.mark.usefixtures("no_decoding")
+@pytest.mark.parametrize(
+    ("width", "height", "words"),
+    [
+        (25_000_001, 1, "25000001×1 pixels, above the server limit max_pixels=25000000"),
+        (100_000, 100_000, "decompression bomb"),  # PIL's own limit, checked as it opens
+    ],
+)
+def test_a_tiny_png_claiming_a_huge_size_is_refused_undecoded(
+    width: int, height: int, words: str
+) -> None:
+    claim = _png_header(width, height)
+    assert len(claim) < 60
+    with pytest.raises(LimitExceeded, match=words) as info:
+        load_image(claim, crop=(256, 224), max_pixels=LIMITS.max_pixels)
+    assert info.value.field == "input.image" and status_of(info.value).http == 400
+
+
+@pytest.mark.usefixtures("no_decoding")
+@pytest.mark.parametrize(("width", "height"), [(101, 1), (1, 101), (3_000, 29), (29, 3_000)])
+def test_an_aspect_ratio_above_the_limit_is_refused_from_its_header(
+    width: int, height: int
+) -> None:
+    with pytest.raises(LimitExceeded, match="max_aspect_ratio=100") as info:
+        load_image(_png_header(width, height), crop=(64, 64), max_aspect_ratio=100)
+    assert info.value.field == "input.image"
+    assert f"{max(width, height) / min(width, height):.1f}:1" in info.value.message
+
+
+def test_a_webp_strip_is_refused_before_its_decoder_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_decoder(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the WebP decoder ran before the size check")
+
+    monkeypatch.setattr(Image, "open", no_decoder)
+    with pytest.raises(LimitExceeded, match="max_aspect_ratio=100"):
+        load_image(_declared_webp(16_000, 2), crop=(64, 64), max_aspect_ratio=100)
+    with pytest.raises(LimitExceeded, match="resizing its shorter side"):
+        load_image(_declared_webp(16_000, 2), crop=(256, 224), max_pixels=LIMITS.max_pixels)
+
+
+@pytest.mark.parametrize(("width", "height"), [(100, 1), (1, 100), (2_400, 300)])
+def test_images_at_or_below_the_aspect_limit_match_torchvision(width: int, height: int) -> None:
+    """A 100:1 strip and an 8:1 panorama are served as before, bit for bit."""
+    image = _noise(width, height, seed=width)
+    pre = Preprocess(size=24, resize=31)
+    limited = load_image(_encode(image), crop=(31, 24), max_aspect_ratio=100)
+    assert limited.size == (24, 24)
+    assert np.array_equal(np.asarray(limited), np.asarray(resize_crop(image, 31, 24)))
+    _assert_matches_torchvision(image, pre)
 
 
 def test_sixteen_bit_grayscale_is_scaled_not_clipped() -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import InvalidArgument, ModelOutputError, ResourceExhausted
+from ..errors import InvalidArgument, LimitExceeded, ModelOutputError, ResourceExhausted
 from ..spec import MIN_SAMPLES_FOR_STOPPING, ExplainSpec, Method, NtType, Precision
 from .aggregate import Moments
 from .guided import GuidedModel
@@ -184,6 +184,10 @@ class Scheduler:
     size is kept for every later chunk of this scheduler. With `tune_pass_rows` the rows of
     each model call are the size (`chunk_rows` or one of its halvings) measured fastest per row
     for that kind of row (`PassTuner`); a long-lived scheduler learns it once.
+
+    `memory_budget` (bytes) lowers the rows per call to fit; a row that alone costs more is run
+    one row a call, or, with `refuse_over_budget`, refused (`LimitExceeded`, field "input")
+    before any pass of the run: the budget is then what the process can afford, not a target.
     """
 
     def __init__(
@@ -192,6 +196,7 @@ class Scheduler:
         chunk_rows: int | None = None,
         memory_budget: int | None = None,
         tune_pass_rows: bool = False,
+        refuse_over_budget: bool = False,
     ) -> None:
         if chunk_rows is not None and (isinstance(chunk_rows, bool) or chunk_rows < 1):
             raise InvalidArgument(
@@ -204,6 +209,7 @@ class Scheduler:
         self._call: Model = model  # for the group being run: the model, or it under GuidedModel
         self.chunk_rows = chunk_rows
         self.memory_budget = memory_budget  # bytes of activations + rows per model call
+        self.refuse_over_budget = refuse_over_budget
         self.stats = SchedulerStats()
         self.row_bytes: dict[tuple[object, ...], int] = {}  # probed cost per row, by row kind
         self._precision = Precision.FP32
@@ -217,6 +223,22 @@ class Scheduler:
         fit = max(1, self.memory_budget // self._row_cost(run))
         return fit if self.chunk_rows is None else min(fit, self.chunk_rows)
 
+    def _admit(self, run: _Run) -> None:
+        """With `refuse_over_budget`: refuse a row kind one row of which exceeds the budget,
+        judged by the row's own tensors before anything is probed, then by the probed cost."""
+        if self.memory_budget is None or not self.refuse_over_budget:
+            return
+        cost = _row_tensor_bytes(run)
+        if cost <= self.memory_budget:
+            cost = self._row_cost(run)
+        if cost > self.memory_budget:
+            raise LimitExceeded(
+                f"input of shape {tuple(run.x.shape)} needs about {_mib(cost)} MiB a model row, "
+                f"above this worker's memory budget of {_mib(self.memory_budget)} MiB a model "
+                "call; send a smaller input",
+                field="input",
+            )
+
     def _row_cost(self, run: _Run) -> int:
         """Bytes one more row costs in a model call, probed once per row kind and cached.
 
@@ -226,8 +248,7 @@ class Scheduler:
         key = _group_key(run)  # shape, dtype, device, backward rule, precision
         if key not in self.row_bytes:
             saved = [_saved_bytes(self, run, count) for count in (1, 2)]
-            row = run.x.numel() * run.x.element_size()
-            self.row_bytes[key] = max(saved[1] - saved[0], 0) + 4 * row
+            self.row_bytes[key] = max(saved[1] - saved[0], 0) + _row_tensor_bytes(run)
         return self.row_bytes[key]
 
     def run(self, jobs: Sequence[ExplainJob]) -> list[JobResult]:
@@ -235,13 +256,21 @@ class Scheduler:
         runs = [_Run(job) for job in jobs]
         # Built first: a model guided backprop cannot serve is refused before any pass.
         guided = GuidedModel(self.model) if any(_guided(run) for run in runs) else None
-        for group in _groups(runs):
-            self._call = guided if guided is not None and _guided(group[0]) else self.model
-            self._precision = group[0].spec.precision
-            self._kind = _group_key(group[0])
+        groups = _groups(runs)
+        for group in groups:  # a row kind over the budget is refused before any pass
+            self._enter(group, guided)
+            self._admit(group[0])
+        for group in groups:
+            self._enter(group, guided)
             for pieces, rows in self._chunks(group):
                 self._process(pieces, rows)
         return [_result(run) for run in runs]
+
+    def _enter(self, group: list[_Run], guided: GuidedModel | None) -> None:
+        """Make `group` the one being run: its model (guided or not), precision and kind."""
+        self._call = guided if guided is not None and _guided(group[0]) else self.model
+        self._precision = group[0].spec.precision
+        self._kind = _group_key(group[0])
 
     def _chunks(self, group: list[_Run]) -> Iterator[tuple[list[_Piece], torch.Tensor]]:
         total = sum(run.total_rows for run in group)
@@ -397,19 +426,35 @@ def _autocast(precision: Precision, device: torch.device) -> AbstractContextMana
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _row_tensor_bytes(run: _Run) -> int:
+    """What a model row costs besides the model's activations: the row, its gradient and its
+    noise, with room to spare (four row sizes)."""
+    return 4 * run.x.numel() * run.x.element_size()
+
+
+def _mib(count: int) -> int:
+    return -(-count // 2**20)  # rounded up: a small budget does not read as 0 MiB
+
+
 def _saved_bytes(scheduler: Scheduler, run: _Run, count: int) -> int:
-    """Bytes autograd keeps for backward in a forward over `count` copies of the run's input."""
+    """Bytes autograd would keep for backward in a forward over `count` copies of the run's
+    input. Counted, not kept (no backward follows): the probe costs a forward without grad,
+    so probing an input too big for the budget does not itself exhaust memory."""
     total = 0
 
-    def pack(tensor: torch.Tensor) -> torch.Tensor:
+    def pack(tensor: torch.Tensor) -> int:
         nonlocal total
-        total += tensor.numel() * tensor.element_size()
-        return tensor
+        size = tensor.numel() * tensor.element_size()
+        total += size
+        return size
+
+    def unpack(_size: int) -> torch.Tensor:
+        raise AssertionError("the memory probe never runs backward")
 
     rows = run.x.detach().expand(count, *run.x.shape).clone().requires_grad_(True)
     targets = torch.zeros(count, dtype=torch.long, device=rows.device)
     with (
-        torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor),
+        torch.autograd.graph.saved_tensors_hooks(pack, unpack),
         _autocast(run.spec.precision, rows.device),
     ):
         scheduler._scores(rows, targets)
