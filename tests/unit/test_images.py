@@ -251,7 +251,7 @@ def test_a_strip_too_big_once_resized_is_refused_from_its_header(
 ) -> None:
     strip = _png_header(width, height)
     with pytest.raises(LimitExceeded, match="max_pixels=25000000") as info:
-        image_to_tensor(strip, pre, LIMITS)
+        load_image(strip, crop=(pre.resize, pre.size), max_pixels=LIMITS.max_pixels)
     assert info.value.field == "input.image" and f"{width}×{height}" in info.value.message
     assert "resizing its shorter side" in info.value.message
 
