@@ -145,10 +145,15 @@ class ExplainError(grpc.RpcError):
 
     @classmethod
     def from_response(cls, error: pb.Error) -> ExplainError:
-        """The exception for a `Response.error` sent by our handler."""
+        """The exception for a `Response.error` sent by our handler. Its only UNAVAILABLE is
+        `errors.Overloaded` (batch-mates took the batch's time; nothing was computed), the one
+        handler error worth sending again."""
         code = grpc.StatusCode.__members__.get(error.grpc_code, grpc.StatusCode.INTERNAL)
         http_status = error.http_status or _http_for(code)
-        return cls(code, error.message, field=error.field, http_status=http_status)
+        retryable = code is grpc.StatusCode.UNAVAILABLE
+        return cls(
+            code, error.message, field=error.field, http_status=http_status, retryable=retryable
+        )
 
 
 def _http_for(code: grpc.StatusCode) -> int:

@@ -398,6 +398,7 @@ def image_to_tensor(data: bytes, pre: Preprocess, limits: Limits) -> torch.Tenso
         mode="RGB" if pre.channels == 3 else "L",
         crop=(pre.resize, pre.size),
         max_pixels=limits.max_pixels,
+        max_aspect_ratio=limits.max_aspect_ratio,
     )
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
     pixels = pixels.unsqueeze(-1) if pixels.dim() == 2 else pixels

@@ -57,8 +57,12 @@ class Limits:
     max_rows: int = 20_000  # nt_samples × n_steps of one request
     max_input_bytes: int = 10_000_000
     max_pixels: int = 25_000_000  # decoded image width × height (decompression bombs)
+    max_aspect_ratio: float = 100.0  # an image's longer side over its shorter (thin strips)
     max_tensor_elements: int = 3 * 1024 * 1024
     max_top_k: int = 1000
+    # Estimated compute of one batch's explanations (admission.py): a request above it alone
+    # is refused, the dearest ones that do not fit beside their batch-mates get 503 at once.
+    max_batch_seconds: float = 60.0
     # One encoded answer; TorchServe restarts the worker on an answer above its
     # max_response_size (32 MiB in deploy/config.properties), so stay below that.
     max_response_bytes: int = 30_000_000
@@ -74,6 +78,8 @@ class ServingConfig:
     output: str = ""  # logits of a tuple/dict/object output: an index (digits), key or attribute
     nt_samples_batch_size: int = 32  # rows per forward + backward pass
     memory_budget_mb: int | None = None  # lowers the rows per pass to fit (probed per shape)
+    # No memory_budget_mb, model on the CPU: a budget derived from free memory (memory.py).
+    auto_memory_budget: bool = True
     tune_pass_rows: bool = False  # calls of the measured-fastest size (answers vary ~1e-7)
     keep_freed_memory: bool = True  # worker's malloc reuses freed activations (allocator.py)
     preprocess: Preprocess = Preprocess()
@@ -133,6 +139,18 @@ def parse_config(raw: Mapping[str, Any] | None) -> ServingConfig:
         isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
     ):
         raise InvalidArgument("memory_budget_mb must be an integer >= 1", field="memory_budget_mb")
+    ratio = config.limits.max_aspect_ratio
+    if isinstance(ratio, bool) or not (math.isfinite(ratio) and ratio >= 1):
+        raise InvalidArgument(
+            f"limits.max_aspect_ratio must be a number >= 1, got {ratio!r}",
+            field="limits.max_aspect_ratio",
+        )
+    seconds = config.limits.max_batch_seconds
+    if isinstance(seconds, bool) or not (math.isfinite(seconds) and seconds > 0):
+        raise InvalidArgument(
+            f"limits.max_batch_seconds must be a number > 0, got {seconds!r}",
+            field="limits.max_batch_seconds",
+        )
     if config.nt_samples_batch_size < 1:
         raise InvalidArgument("nt_samples_batch_size must be >= 1", field="nt_samples_batch_size")
     pre = config.preprocess

@@ -7,6 +7,7 @@
      ├── Unauthenticated                        no or wrong token             401 / UNAUTHENTICATED
      ├── ModelOutputError                       the model broke its contract  500 / INTERNAL
      ├── ResourceExhausted                      out of memory after retries 503 / RESOURCE_EXHAUSTED
+     ├── Overloaded                             batch-mates took the time   503 / UNAVAILABLE
      ├── DeadlineExceeded                       the client gave up first    504 / DEADLINE_EXCEEDED
      └── InternalError                          anything unexpected           500 / INTERNAL
 
@@ -25,6 +26,7 @@ __all__ = [
     "InvalidArgument",
     "LimitExceeded",
     "ModelOutputError",
+    "Overloaded",
     "ResourceExhausted",
     "SmoothExplainError",
     "Unauthenticated",
@@ -66,6 +68,11 @@ class ResourceExhausted(SmoothExplainError):
     """The work did not fit in memory even after splitting chunks down to one row."""
 
 
+class Overloaded(SmoothExplainError):
+    """The request fits the server's limits but not beside its batch-mates; not computed, so
+    sending it again (with the same seed) is safe."""
+
+
 class DeadlineExceeded(SmoothExplainError):
     """The request's deadline passed before its work started; it was not computed."""
 
@@ -87,6 +94,7 @@ _TABLE: tuple[tuple[type[SmoothExplainError], ErrorStatus], ...] = (
     (Unauthenticated, ErrorStatus(401, "UNAUTHENTICATED")),
     (ModelOutputError, ErrorStatus(500, "INTERNAL")),
     (ResourceExhausted, ErrorStatus(503, "RESOURCE_EXHAUSTED")),
+    (Overloaded, ErrorStatus(503, "UNAVAILABLE")),
     (DeadlineExceeded, ErrorStatus(504, "DEADLINE_EXCEEDED")),
     (InternalError, ErrorStatus(500, "INTERNAL")),
 )

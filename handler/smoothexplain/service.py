@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ._proto.smoothexplain.v1 import explain_pb2 as pb
+from .admission import CostModel, admit_cheapest_first
 from .budget import RESPONSE_TIMEOUT_SHARE, Budgeted
 from .codec import (
     decode_request,
@@ -35,13 +36,15 @@ from .errors import (
     InvalidArgument,
     LimitExceeded,
     ModelOutputError,
+    Overloaded,
     ResourceExhausted,
     SmoothExplainError,
     status_of,
 )
 from .heatmap import heatmap_png
+from .memory import serving_memory_budget
 from .metrics import ServiceMetrics
-from .spec import ExplainSpec, Method, make_spec
+from .spec import ExplainSpec, Method, finite_float32, make_spec
 
 __all__ = ["ExplainService", "Incoming", "Outgoing"]
 
@@ -73,6 +76,8 @@ class _Work:
     inputs: torch.Tensor | None = None
     spec: ExplainSpec | None = None
     seed: int = 0
+    job: ExplainJob | None = None
+    cost: float | None = None  # estimated seconds of its explanation (admission.py)
     error: SmoothExplainError | None = None
     started: float = field(default_factory=time.perf_counter)  # its decode starts now
 
@@ -109,21 +114,67 @@ class ExplainService:
         self.response_timeout = response_timeout
         low, high = config.preprocess.bounds()
         self.bounds = (torch.tensor(low).view(-1, 1, 1), torch.tensor(high).view(-1, 1, 1))
-        budget = config.memory_budget_mb
+        memory_budget, hard = serving_memory_budget(
+            config.memory_budget_mb, config.auto_memory_budget, device
+        )
         self.budget = Budgeted(model)  # the engine's model calls stop once the time is up
         self.guided_refusal = guided_refusal(model)  # TorchScript: known before any request
         self.scheduler = Scheduler(
             self.budget,
             config.nt_samples_batch_size,
-            None if budget is None else budget * 2**20,
+            memory_budget,
             tune_pass_rows=config.tune_pass_rows,
+            refuse_over_budget=hard,
         )
+        self.costs = CostModel()  # seconds per row-feature, for admission by cost
+
+    def probe_cost(self, rows: int = 2) -> None:
+        """Seed the cost model with two timed forward + backward calls on an image-shaped
+        input, so that the first explanations after start-up are judged too (the adapter
+        calls it once the model is loaded; without it costs are learned from runs only)."""
+        pre = self.config.preprocess
+        x = torch.zeros(rows, pre.channels, pre.size, pre.size, device=self.device)
+        best = math.inf
+        try:
+            for _ in range(2):
+                started = time.perf_counter()
+                rows_in = x.clone().requires_grad_(True)
+                torch.autograd.grad(self.model(rows_in).amax(dim=1).sum(), rows_in)
+                best = min(best, time.perf_counter() - started)
+        except Exception as error:  # a model for other input shapes: learn from runs only
+            log.info(
+                "no start-up cost probe (%s); costs are learned from runs", type(error).__name__
+            )
+            return
+        self.costs.observe(x.numel(), best, "fp32", probe=True)
 
     def handle(self, batch: Sequence[Incoming]) -> list[Outgoing]:
+        """One answer per request, always: a failure outside every per-request guard fails
+        the requests still pending with INTERNAL, never the call (TorchServe would answer the
+        whole batch 503 and our metrics would not see it)."""
         if self.metrics is not None:
             self.metrics.batch_started()
+        works = [_Work(incoming) for incoming in batch]
+        explained: list[_Work] = []
+        explain_seconds = 0.0
+        try:
+            explained, explain_seconds = self._serve(works)
+        except Exception:
+            log.exception("batch failed outside the per-request guards")
+            for work in works:
+                if work.ok:
+                    work.error = InternalError("internal error while serving this batch")
+        answers = [self._answer(w) for w in works]
+        if self.metrics is not None:
+            self._observe(self.metrics, works, answers, explained, explain_seconds)
+        return answers
+
+    def _serve(self, works: list[_Work]) -> tuple[list[_Work], float]:
+        """Decode, predict and explain `works` in place: the ones explained, and the seconds
+        their explanation took."""
         batch_started = time.monotonic()
-        works = [self._guard(_Work(incoming), self._decode) for incoming in batch]
+        for work in works:
+            self._guard(work, self._decode)
         started = time.perf_counter()
         _expire(works)
         self._predict([w for w in works if w.ok])
@@ -131,6 +182,9 @@ class ExplainService:
         started = time.perf_counter()
         _expire(works)
         explained = [w for w in works if w.ok and w.request is not None and w.request.explain]
+        for work in explained:
+            self._guard(work, self._prepare_job)
+        explained = self._admit([w for w in explained if w.ok], batch_started)
         self.budget.start(*self._time_left(explained, batch_started))
         try:
             self._explain(explained)
@@ -140,11 +194,8 @@ class ExplainService:
         for work in works:
             work.response.timings.predict_ms = predict_ms
             work.response.timings.explain_ms = explain_ms if work in explained else 0.0
-            work.response.timings.batch_size = len(batch)
-        answers = [self._answer(w) for w in works]
-        if self.metrics is not None:
-            self._observe(self.metrics, works, answers, explained, explain_ms / 1000)
-        return answers
+            work.response.timings.batch_size = len(works)
+        return explained, explain_ms / 1000
 
     def _observe(
         self,
@@ -163,10 +214,13 @@ class ExplainService:
         metrics.batch_finished(len(works))
 
     def _run(self, jobs: list[ExplainJob]) -> list[JobResult]:
-        """`scheduler.run`, reporting what it did (also when it fails) to the metrics."""
+        """`scheduler.run`, reporting what it did (also when it fails) to the metrics, and
+        teaching the cost model how long its rows took."""
+        started = time.perf_counter()
         try:
             return self.scheduler.run(jobs)
         finally:
+            _learn_cost(self.costs, jobs, self.scheduler.stats.rows, time.perf_counter() - started)
             if self.metrics is not None:
                 stats = self.scheduler.stats
                 self.metrics.engine_run(
@@ -226,11 +280,8 @@ class ExplainService:
 
     def _spec(self, options: pb.ExplainOptions) -> ExplainSpec:
         d, limits = self.config.defaults, self.config.limits
-        if options.HasField("baseline") and not math.isfinite(options.baseline):
-            raise InvalidArgument(
-                f"options.baseline must be a finite number, got {options.baseline}",
-                field="options.baseline",
-            )
+        if options.HasField("baseline"):
+            finite_float32(options.baseline, "options.baseline")
         nt_samples = options.nt_samples if options.HasField("nt_samples") else d.nt_samples
         n_steps = options.n_steps if options.HasField("n_steps") else d.n_steps
         if nt_samples > limits.max_nt_samples:
@@ -319,6 +370,8 @@ class ExplainService:
         assert work.request is not None
         classes = probabilities.shape[0]
         top_k = work.request.top_k if work.request.HasField("top_k") else self.config.defaults.top_k
+        if not bool(torch.isfinite(probabilities).all()):
+            raise _not_finite(work, "scores")
         values, indices = probabilities.topk(min(top_k, classes))
         for p, i in zip(values.tolist(), indices.tolist(), strict=True):
             work.response.top_k.add(index=i, label=self.labels.get(i, str(i)), probability=p)
@@ -355,7 +408,7 @@ class ExplainService:
     def _explain(self, works: list[_Work]) -> None:
         if not works:
             return
-        jobs = [self._job(w) for w in works]
+        jobs = [w.job for w in works if w.job is not None]
         try:
             results = self._run(jobs)
         except Exception:
@@ -377,18 +430,58 @@ class ExplainService:
             raise type(error)(error.message, field=_ENGINE_FIELDS[error.field]) from None
         self._finish(work, result)
 
-    def _job(self, work: _Work) -> ExplainJob:
+    def _prepare_job(self, work: _Work) -> None:
+        """The engine job of an explanation and its estimated cost (a guarded step)."""
         assert work.inputs is not None and work.spec is not None and work.request is not None
         baseline = None
         if work.request.options.HasField("baseline"):
             baseline = torch.full_like(work.inputs, work.request.options.baseline)
-        return ExplainJob(
+        work.job = ExplainJob(
             inputs=work.inputs,
             target=work.response.target,
             spec=work.spec,
             seed=work.seed,
             baseline=baseline,
         )
+        spec = work.spec
+        work.cost = self.costs.estimate(spec.rows, work.inputs.numel(), spec.precision.value)
+        limit = self.config.limits.max_batch_seconds
+        if work.cost is not None and work.cost > limit:
+            raise LimitExceeded(
+                f"this explanation would take about {work.cost:.0f} s of compute "
+                f"({spec.rows} rows), above the server limit max_batch_seconds={limit:g}; "
+                "lower options.nt_samples or options.n_steps",
+                field="options.nt_samples",
+            )
+
+    def _admit(self, works: list[_Work], batch_started: float) -> list[_Work]:
+        """The explanations to compute now; the others are answered at once: 504 for one
+        that cannot end in the time it has (its own deadline, the batch's share of
+        responseTimeout), 503 for one that does not fit beside its cheaper batch-mates (not
+        computed: safe to send again)."""
+        now = time.monotonic()
+        seconds = self.config.limits.max_batch_seconds
+        if self.response_timeout is not None:
+            share = RESPONSE_TIMEOUT_SHARE * self.response_timeout
+            seconds = min(seconds, batch_started + share - now)
+        for work in works:
+            left, why = _time_for(work, seconds, now)
+            if work.cost is not None and work.cost > left:
+                work.error = DeadlineExceeded(
+                    f"this explanation would take about {work.cost:.1f} s of compute, more "
+                    f"than the {max(left, 0.0):.1f} s {why}; it was not computed",
+                    field="deadline_unix_ms" if "deadline" in why else "",
+                )
+        pending = [w for w in works if w.ok]
+        admitted = admit_cheapest_first([w.cost for w in pending], seconds)
+        for work, runs in zip(pending, admitted, strict=True):
+            if not runs:
+                work.error = Overloaded(
+                    f"this explanation (about {work.cost or 0:.1f} s of compute) does not fit "
+                    f"beside its batch-mates in the {seconds:.1f} s one batch may take; it was "
+                    "not computed: send it again"
+                )
+        return [w for w, runs in zip(pending, admitted, strict=True) if runs]
 
     def _finish(self, work: _Work, result: JobResult) -> None:
         assert work.request is not None and work.spec is not None
@@ -398,6 +491,8 @@ class ExplainService:
             or pb.Encoding.Value(f"ENCODING_{self.config.defaults.encoding.upper()}"),
         )
         started = time.perf_counter()
+        if not bool(torch.isfinite(result.attribution).all()):
+            raise _not_finite(work, "attribution")
         if encoding in (pb.ENCODING_FLOAT32, pb.ENCODING_FLOAT32_AND_PNG):
             response.attribution.CopyFrom(tensor_to_message(result.attribution, pb.DTYPE_FLOAT32))
         elif encoding == pb.ENCODING_FLOAT16:
@@ -432,8 +527,47 @@ class ExplainService:
         status = status_of(work.error)
         failed = pb.Response(model=self.model_name, timings=work.response.timings)
         failed.error.http_status, failed.error.grpc_code = status.http, status.grpc
-        failed.error.message, failed.error.field = work.error.message, work.error.field
+        # Lone surrogates (from a request) would make the answer itself fail to serialize.
+        failed.error.message = _utf8(work.error.message)
+        failed.error.field = _utf8(work.error.field)
         return Outgoing(status.http, encode_response(failed, as_json=as_json), work.error.message)
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _not_finite(work: _Work, what: str) -> SmoothExplainError:
+    """The model's scores or the map came out NaN or infinite: the tensor's values overflow
+    the model (the client's to change), or the model broke on a decoded image (ours)."""
+    assert work.request is not None
+    if work.request.input.WhichOneof("source") == "tensor":
+        return InvalidArgument(
+            f"the model's {what} for this input.tensor are not finite (NaN or infinite): its "
+            "values overflow the model; send values in the model's input range",
+            field="input.tensor.data",
+        )
+    return ModelOutputError(f"the model's {what} for this image are not finite (NaN or infinite)")
+
+
+def _time_for(work: _Work, seconds: float, now: float) -> tuple[float, str]:
+    """Seconds `work` may compute from `now` (monotonic), and what sets that bound."""
+    why = "its batch may take (limits.max_batch_seconds, or 80 % of the model's responseTimeout)"
+    request = work.request
+    if request is not None and request.HasField("deadline_unix_ms"):
+        own = request.deadline_unix_ms / 1000 - time.time()
+        if own < seconds:
+            return own, "left before its deadline_unix_ms"
+    return seconds, why
+
+
+def _learn_cost(costs: CostModel, jobs: Sequence[ExplainJob], rows: int, seconds: float) -> None:
+    """Teach `costs` a run (finished or cut short) of `rows` model rows, when its jobs share
+    one input size and precision."""
+    sizes = {(job.inputs.numel(), job.spec.precision.value) for job in jobs}
+    if len(sizes) == 1:
+        features, precision = sizes.pop()
+        costs.observe(rows * features, seconds, precision)
 
 
 def _refused(work: _Work, error: Exception) -> SmoothExplainError:

@@ -87,3 +87,18 @@ def test_a_single_call_longer_than_response_timeout_costs_a_worker_restart(
     result = scenarios.single_long_call(kit)
     assert result.status in (500, 507) and "Worker died" in result.message  # TorchServe's
     assert result.predicts_after
+
+
+def test_explanations_are_admitted_by_cost_and_the_rest_answered_at_once(
+    kit: scenarios.FaultKit, record_property: pytest.RecordProperty
+) -> None:
+    result = scenarios.costly_batch(kit)
+    record_property("costly_outcomes", "; ".join(result.outcomes))
+    status, field, message = result.too_dear
+    assert (status, field) == (400, "options.nt_samples") and "max_batch_seconds=3" in message
+    assert result.small_ok
+    served = result.outcomes.count("200")
+    assert served >= 1 and result.exact == served  # what was computed is exact
+    assert all(o in ("200", "503 UNAVAILABLE") for o in result.outcomes)
+    assert result.chunks == served * result.chunks_per_big  # nothing for the refused ones
+    assert served < 3  # three do not fit in one 3 s batch (they arrive together)

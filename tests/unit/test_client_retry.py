@@ -227,9 +227,14 @@ TRANSIENT: list[tuple[Transport, Fault, grpc.StatusCode, int]] = [
     ("rest", died(507), INTERNAL, 507),
     ("rest", RestFault(503, "ServiceUnavailableException", NO_WORKER), UNAVAILABLE, 503),
 ]
+# Our handler's one retryable error, errors.Overloaded: batch-mates took the batch's time and
+# nothing was computed.
+OVERLOADED: list[tuple[Transport, Fault]] = [
+    (transport, HandlerError("UNAVAILABLE", 503, "send it again")) for transport in ("grpc", "rest")
+]
 
 
-@pytest.mark.parametrize(("transport", "fault"), [case[:2] for case in TRANSIENT])
+@pytest.mark.parametrize(("transport", "fault"), [case[:2] for case in TRANSIENT] + OVERLOADED)
 def test_a_dead_worker_is_retried_once_with_the_same_drawn_seed(
     servers: Servers, transport: Transport, fault: Fault
 ) -> None:

@@ -28,6 +28,7 @@ from .analytic import small_cnn
 RAW = {
     "model_class": "tests.unit.analytic:small_cnn",
     "nt_samples_batch_size": 4,
+    "auto_memory_budget": False,  # its memory probe's model calls would be counted too
     "preprocess": {"size": 8, "resize": 8, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
     "defaults": {"nt_samples": 8},
 }

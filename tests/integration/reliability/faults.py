@@ -2,7 +2,8 @@
 
 The models are the demo weights behind faulty.py: "slow" sleeps SLEEP seconds in every
 explain-sized call (8 rows per chunk), "tight" too with a 4 s responseTimeout, "one_long_call"
-sleeps 5 s in one call with a 3 s responseTimeout, and "oom" runs out of memory above 8 rows.
+sleeps 5 s in one call with a 3 s responseTimeout, "oom" runs out of memory above 8 rows, and
+"capped" is "slow" with limits.max_batch_seconds = 3 (admission by cost).
 """
 
 from __future__ import annotations
@@ -40,11 +41,14 @@ def build_fault_store(store: Path, artifacts: Path, logs: Path) -> dict[str, str
         "tight": ({**slow, "calls_file": str(logs / "tight.calls")}, {"responseTimeout": 4}),
         "one_long_call": ({"slow_above": 4, "sleep": 5.0}, {"responseTimeout": 3}),
         "oom": ({"oom_above": 8, "calls_file": str(logs / "oom.calls")}, batching),
+        "capped": ({**slow, "calls_file": str(logs / "capped.calls")}, batching),
     }
+    limits = {"capped": {"max_batch_seconds": 3.0}}
     for name, (kwargs, keys) in models.items():
         build_archive(
             store, name, artifacts, model_class=CLASS, model_kwargs=kwargs, torchserve=keys,
-            extra_files=[FAULTY], nt_samples_batch_size=8 if "sleep" in kwargs else 64,
+            limits=limits.get(name), extra_files=[FAULTY],
+            nt_samples_batch_size=8 if "sleep" in kwargs else 64,
         )  # fmt: skip
     return {name: f"{name}.mar" for name in models}
 

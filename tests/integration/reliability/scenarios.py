@@ -29,6 +29,7 @@ from .payloads import sample_png
 __all__ = [
     "DIED",
     "FaultKit",
+    "costly_batch",
     "deadline_in_queue",
     "deadline_while_running",
     "kill_mid_batch",
@@ -275,3 +276,39 @@ def single_long_call(kit: FaultKit) -> LongCallResult:
     return LongCallResult(
         status, str(body.get("message", "")), restart, [c.index for c in response.top_k] == want
     )
+
+
+@dataclass
+class CostlyResult:
+    too_dear: tuple[int, str, str]  # (HTTP status, field, message) of one above the limit
+    outcomes: list[str]  # the three big ones of one batch: "200" or "503 UNAVAILABLE"
+    exact: int  # big ones answered, and equal to the engine run in-process
+    small_ok: bool  # the small batch-mate answered
+    chunks: int  # explain chunks computed during the batch
+    chunks_per_big: int
+
+
+def costly_batch(kit: FaultKit) -> CostlyResult:
+    """On "capped" (limits.max_batch_seconds = 3, 0.2 s per 8-row chunk): one explanation
+    whose estimate alone is above the limit, then three 8-chunk ones (about 1.6 s each) and
+    a small one sent together: the small one and what fits are computed, the rest get 503 at
+    once without a chunk computed for them."""
+    log = kit.logs / "capped.calls"
+    kit.grpc("capped", explain_request(nt_samples=16, seed=4))  # teaches the worker its rate
+    status, body = kit.rest("capped", explain_request(nt_samples=480))
+    error = body.get("error", {})
+    too_dear = (status, str(error.get("field", "")), str(error.get("message", "")))
+    big = [explain_request(nt_samples=64, seed=10 + i, label=i) for i in range(3)]
+    small = explain_request(nt_samples=4, seed=9)
+    before = slow_calls(log)
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(kit.grpc, "capped", r) for r in big]
+        small_answer = pool.submit(kit.rest, "capped", small)
+        answers = [f.result() for f in futures]
+        small_ok = small_answer.result()[0] == 200
+    outcomes = [
+        f"{a.error.http_status} {a.error.grpc_code}" if a.HasField("error") else "200"
+        for a in answers
+    ]
+    exact = sum(kit.exact(a, r) for a, r in zip(answers, big, strict=True))
+    return CostlyResult(too_dear, outcomes, exact, small_ok, slow_calls(log) - before, 64 // 8)

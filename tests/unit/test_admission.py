@@ -1,0 +1,258 @@
+"""Admission by cost, and failures kept inside their own answers (issue 18, items 2 and 6)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
+from smoothexplain.admission import COST_MARGIN, CostModel, admit_cheapest_first
+from smoothexplain.codec import tensor_to_message
+from smoothexplain.config import parse_config
+from smoothexplain.errors import InvalidArgument
+from smoothexplain.metrics import ServiceMetrics
+from smoothexplain.service import ExplainService, Incoming, Outgoing
+
+from .analytic import small_cnn
+
+RAW: dict[str, Any] = {
+    "model_class": "tests.unit.analytic:small_cnn",
+    "nt_samples_batch_size": 8,
+    "auto_memory_budget": False,  # its memory probe's model calls would be counted too
+    "preprocess": {"size": 8, "resize": 8, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]},
+    "defaults": {"nt_samples": 8},
+}
+CPU = torch.device("cpu")
+
+
+class RowTimed(nn.Module):
+    """small_cnn that takes `per_row` seconds per row and counts the rows it is given."""
+
+    def __init__(self, per_row: float) -> None:
+        super().__init__()
+        self.net, self.per_row, self.rows = small_cnn(), per_row, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.rows += x.shape[0]
+        time.sleep(self.per_row * x.shape[0])
+        out: torch.Tensor = self.net(x)
+        return out
+
+
+def _service(model: nn.Module, **limits: Any) -> ExplainService:
+    config = parse_config({**RAW, "limits": limits})
+    service = ExplainService(model, config, {}, CPU)
+    service.probe_cost()
+    return service
+
+
+def _request(nt_samples: int, **options: Any) -> pb.Request:
+    return pb.Request(
+        input=pb.Input(tensor=tensor_to_message(torch.rand(3, 8, 8))),
+        explain=True,
+        options=pb.ExplainOptions(seed=3, nt_samples=nt_samples, **options),
+    )
+
+
+def _grpc(service: ExplainService, *requests: pb.Request) -> list[pb.Response]:
+    answers = service.handle([Incoming(r.SerializeToString(), from_grpc=True) for r in requests])
+    return [pb.Response.FromString(a.body) for a in answers]  # type: ignore[arg-type]
+
+
+# -- the cost model and the admission rule ---------------------------------------------------
+
+
+def test_a_probe_seeds_the_rate_and_the_first_run_replaces_it() -> None:
+    costs = CostModel()
+    assert costs.estimate(10, 100, "fp32") is None  # unknown until measured
+    costs.observe(100, 1.0, "fp32", probe=True)
+    assert costs.estimate(10, 100, "fp32") == pytest.approx(10.0)
+    costs.observe(1000, 1.0, "fp32")  # a real run, 10× cheaper per unit than the probe
+    assert costs.estimate(10, 100, "fp32") == pytest.approx(1.0)
+    costs.observe(1000, 3.0, "fp32")  # later runs move the average part of the way
+    assert 1.0 < costs.estimate(10, 100, "fp32") < 3.0  # type: ignore[operator]
+    assert costs.estimate(10, 100, "bf16") is None  # each precision has its own rate
+
+
+def test_a_probe_never_overrides_a_measured_rate() -> None:
+    costs = CostModel()
+    costs.observe(100, 1.0, "fp32")
+    costs.observe(100, 50.0, "fp32", probe=True)
+    assert costs.estimate(1, 100, "fp32") == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("costs", "seconds", "admitted"),
+    [
+        ([5.0, 1.0, 2.0], 3.0 * COST_MARGIN, [False, True, True]),  # cheapest first
+        ([5.0, 5.0, 5.0], 12.0 * COST_MARGIN, [True, True, False]),  # ties: arrival order
+        ([None, 9.0, 1.0], 2.0 * COST_MARGIN, [True, False, True]),  # unknown costs run
+        ([4.0], 3.0 * COST_MARGIN, [False]),  # alone and too dear
+        ([2.0, 2.0], 2.0 * COST_MARGIN, [True, False]),  # the margin counts
+        ([], 3.0, []),
+    ],
+)
+def test_admission_takes_the_cheapest_until_the_time_is_spent(
+    costs: list[float | None], seconds: float, admitted: list[bool]
+) -> None:
+    assert admit_cheapest_first(costs, seconds) == admitted
+
+
+# -- the data plane ----------------------------------------------------------------------------
+
+
+def test_an_explanation_dearer_than_a_batch_may_be_is_refused_before_any_row() -> None:
+    model = RowTimed(0.002)
+    service = _service(model, max_batch_seconds=1.0)
+    model.rows = 0
+    huge, small = _grpc(service, _request(500), _request(4))
+    assert huge.error.http_status == 400 and huge.error.grpc_code == "INVALID_ARGUMENT"
+    assert huge.error.field == "options.nt_samples"
+    assert "max_batch_seconds=1" in huge.error.message and "500 rows" in huge.error.message
+    assert not small.HasField("error") and small.rows == 4
+    assert model.rows == 2 + 4  # the two predictions and the small one's rows, nothing else
+
+
+def test_the_dearest_batch_mates_get_503_at_once_and_the_small_one_is_answered() -> None:
+    model = RowTimed(0.004)
+    service = _service(model)
+    _grpc(service, _request(8))  # one real run teaches the rate
+    big, small = (service.costs.estimate(rows, 3 * 8 * 8, "fp32") or 0 for rows in (120, 4))
+    limits = replace(service.config.limits, max_batch_seconds=1.5 * big + small)
+    service.config = replace(service.config, limits=limits)  # room for one big and the small
+    model.rows = 0
+    answers = _grpc(service, _request(120), _request(120), _request(120), _request(4))
+    refused = [a for a in answers if a.HasField("error")]
+    served = [a for a in answers if not a.HasField("error")]
+    assert answers[3] in served and len(served) == 2  # the small one and one big one
+    assert len(refused) == 2
+    for answer in refused:
+        assert (answer.error.http_status, answer.error.grpc_code) == (503, "UNAVAILABLE")
+        assert "send it again" in answer.error.message
+    assert model.rows == 4 + 120 + 4  # predictions, then only the admitted rows
+
+
+def test_an_explanation_that_cannot_end_before_its_deadline_is_answered_at_once() -> None:
+    model = RowTimed(0.004)
+    service = _service(model)
+    _grpc(service, _request(8))
+    late = _request(200)
+    late.deadline_unix_ms = int(1000 * (time.time() + 0.3))
+    model.rows = 0
+    (answer,) = _grpc(service, late)
+    assert (answer.error.http_status, answer.error.grpc_code) == (504, "DEADLINE_EXCEEDED")
+    assert answer.error.field == "deadline_unix_ms"
+    assert model.rows == 1  # its prediction only
+
+
+def test_the_response_timeout_share_bounds_admission_too() -> None:
+    model = RowTimed(0.004)
+    service = ExplainService(model, parse_config(RAW), {}, CPU, response_timeout=1.0)
+    _grpc(service, _request(8))
+    (answer,) = _grpc(service, _request(400))
+    assert (answer.error.http_status, answer.error.grpc_code) == (504, "DEADLINE_EXCEEDED")
+    assert "responseTimeout" in answer.error.message
+
+
+# -- failures stay inside their own answer -------------------------------------------------------
+
+
+def _rest(service: ExplainService, *bodies: dict[str, Any]) -> list[Outgoing]:
+    return service.handle([Incoming(json.dumps(b).encode(), explain_path=True) for b in bodies])
+
+
+def _tensor_json(values: torch.Tensor) -> dict[str, Any]:
+    from google.protobuf import json_format
+
+    return json_format.MessageToDict(tensor_to_message(values))
+
+
+@pytest.mark.parametrize("baseline", [1e39, -1e39, 3.5e38])
+def test_a_baseline_beyond_float32_is_refused_and_its_batch_mate_answered(baseline: float) -> None:
+    service = _service(small_cnn())
+    good = _request(4)
+    bad = _request(4, method=pb.METHOD_INTEGRATED_GRADIENTS, n_steps=4, baseline=baseline)
+    refused, answered = _grpc(service, bad, good)
+    assert refused.error.http_status == 400 and refused.error.field == "options.baseline"
+    assert not answered.HasField("error") and answered.rows == 4
+    tensor = _tensor_json(torch.rand(3, 8, 8))
+    rest = _rest(
+        service,
+        {
+            "input": {"tensor": tensor},
+            "options": {
+                "method": "METHOD_INTEGRATED_GRADIENTS",
+                "baseline": baseline,
+                "n_steps": 4,
+            },
+        },
+        {"input": {"tensor": tensor}, "options": {"nt_samples": 4}},
+    )
+    assert [a.status for a in rest] == [400, 200]
+
+
+def test_scores_that_overflow_are_a_400_naming_the_tensor() -> None:
+    service = _service(small_cnn())
+    huge = pb.Request(input=pb.Input(tensor=tensor_to_message(torch.full((3, 8, 8), 3e38))))
+    fine = pb.Request(input=pb.Input(tensor=tensor_to_message(torch.rand(3, 8, 8))))
+    refused, answered = _grpc(service, huge, fine)
+    assert refused.error.http_status == 400 and refused.error.field == "input.tensor.data"
+    assert not answered.HasField("error") and answered.top_k
+
+
+def test_a_failure_outside_every_guard_answers_each_request_and_is_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    metrics = ServiceMetrics("tiny", CPU)
+    service = ExplainService(small_cnn(), parse_config(RAW), {}, CPU, "tiny", metrics)
+
+    def broken(works: object) -> None:
+        raise RuntimeError("a bug between the steps")
+
+    monkeypatch.setattr(service, "_predict", broken)
+    answers = service.handle(
+        [Incoming(_request(4).SerializeToString(), from_grpc=True) for _ in range(3)]
+    )
+    assert [a.status for a in answers] == [500, 500, 500]
+    for answer in answers:
+        response = pb.Response.FromString(answer.body)  # type: ignore[arg-type]
+        assert response.error.grpc_code == "INTERNAL"
+    labels = {"model": "tiny", "kind": "explain", "method": "gradient", "nt_type": "smoothgrad"}
+    count = metrics.registry.get_sample_value(
+        "smoothexplain_requests_total", {**labels, "status_class": "5xx"}
+    )
+    assert count == 3
+
+
+@pytest.mark.parametrize("value", [0, -1.0, float("inf"), float("nan"), True, "60"])
+def test_max_batch_seconds_must_be_a_positive_number(value: object) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_config({**RAW, "limits": {"max_batch_seconds": value}})
+    assert caught.value.field == "limits.max_batch_seconds"
+
+
+@pytest.mark.parametrize("grpc_transport", [True, False])
+def test_an_error_quoting_a_lone_surrogate_is_still_answered(
+    monkeypatch: pytest.MonkeyPatch, grpc_transport: bool
+) -> None:
+    service = _service(small_cnn())
+
+    def quoting(work: object) -> None:
+        raise InvalidArgument("bad key '\ud800'", field="options.\udc00")
+
+    monkeypatch.setattr(service, "_decode", quoting)
+    payload = _request(4).SerializeToString()
+    incoming = Incoming(payload, from_grpc=True) if grpc_transport else Incoming(b"{}")
+    (answer,) = service.handle([incoming])
+    assert answer.status == 400
+    if grpc_transport:
+        error = pb.Response.FromString(answer.body).error  # type: ignore[arg-type]
+        assert error.field == "options.\\udc00" and "\\ud800" in error.message
+    else:
+        assert "\\\\ud800" in str(answer.body)
