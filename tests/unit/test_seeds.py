@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from google.protobuf import json_format
 
 from smoothexplain import explain
+from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
+from smoothexplain.codec import message_to_tensor, tensor_to_message
+from smoothexplain.config import parse_config
 from smoothexplain.engine import noise
 from smoothexplain.engine.noise import make_generator
+from smoothexplain.service import ExplainService, Incoming
 
 from .analytic import small_cnn
 
@@ -63,3 +68,37 @@ def test_without_the_layout_the_high_bits_are_folded_in(monkeypatch: pytest.Monk
     a = torch.randn(32, generator=make_generator(1, CPU))
     b = torch.randn(32, generator=make_generator(2**32 + 1, CPU))
     assert not torch.equal(a, b)
+
+
+def _served_map(service: ExplainService, seed: int, grpc_transport: bool) -> torch.Tensor:
+    x = torch.linspace(-1, 1, 3 * 8 * 8).view(3, 8, 8)
+    request = pb.Request(
+        input=pb.Input(tensor=tensor_to_message(x)),
+        explain=True,
+        options=pb.ExplainOptions(seed=seed, nt_samples=4),
+    )
+    request.target = 1
+    if grpc_transport:
+        (answer,) = service.handle([Incoming(request.SerializeToString(), from_grpc=True)])
+        response = pb.Response.FromString(answer.body)  # type: ignore[arg-type]
+    else:
+        body = json_format.MessageToJson(request).encode()
+        (answer,) = service.handle([Incoming(body, explain_path=True)])
+        response = json_format.Parse(answer.body, pb.Response())
+    assert answer.status == 200 and response.seed == seed
+    return message_to_tensor(response.attribution)
+
+
+@pytest.mark.parametrize("grpc_transport", [True, False], ids=["grpc", "rest"])
+def test_served_seeds_2_to_the_32_apart_give_different_maps(grpc_transport: bool) -> None:
+    config = parse_config(
+        {
+            "model_class": "tests.unit.analytic:small_cnn",
+            "preprocess": {"size": 8, "resize": 8, "mean": [0.5] * 3, "std": [0.25] * 3},
+        }
+    )
+    service = ExplainService(small_cnn(), config, {}, CPU)
+    one = _served_map(service, 1, grpc_transport)
+    assert torch.equal(one, _served_map(service, 1, grpc_transport))
+    assert not torch.allclose(one, _served_map(service, 2**32 + 1, grpc_transport))
+    assert not torch.allclose(one, _served_map(service, 2**62 + 1, grpc_transport))
