@@ -543,8 +543,8 @@ def _not_finite(work: _Work, what: str) -> SmoothExplainError:
     assert work.request is not None
     if work.request.input.WhichOneof("source") == "tensor":
         return InvalidArgument(
-            f"the model's {what} for this input.tensor are not finite (NaN or infinite): its "
-            "values overflow the model; send values in the model's input range",
+            f"input.tensor.data makes the model's {what} NaN or infinite: its values overflow "
+            "the model; send values in the model's input range",
             field="input.tensor.data",
         )
     return ModelOutputError(f"the model's {what} for this image are not finite (NaN or infinite)")
