@@ -5,11 +5,13 @@
                    on TorchServe's metrics port
     GET /healthz   200 while the TorchServe process group runs (liveness)
     GET /readyz    200 while TorchServe's /ping, called with the current inference key, says
-                   Healthy (readiness); the key is re-read every time, so rotation is harmless
+                   Healthy and every model has a READY worker whose process is alive
+                   (readiness); the key is re-read every time, so rotation is harmless. /ping
+                   alone stays Healthy for a model whose worker TorchServe lost (watchdog.py)
 
 With TorchServe's token authorization on, /ping needs the inference key, which Kubernetes
 probes cannot send (it is generated at start and rotated); these two routes answer only
-"ok"/"unavailable" and reveal nothing else.
+"ok"/"unavailable", the latter followed by the names of models without a live worker.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import socketserver
 import ssl
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +49,15 @@ class TlsFiles:
         return context
 
 
+def _none() -> Sequence[str]:
+    return ()
+
+
 @dataclass(frozen=True)
 class Probes:
     alive: Callable[[], bool]
     ready: Callable[[], bool]
+    unserved: Callable[[], Sequence[str]] = _none  # models without a live worker
 
 
 class _ThreadingServer(socketserver.ThreadingMixIn, WSGIServer):
@@ -115,9 +122,8 @@ class Exporter:
             body: Iterable[bytes] = self._metrics(environ, start_response)
             return body
         if path in ("/healthz", "/readyz"):
-            check = self.probes.alive if path == "/healthz" else self.probes.ready
-            ok = _safely(check)
-            text = b"ok\n" if ok else b"unavailable\n"
+            text = self._liveness() if path == "/healthz" else self._readiness()
+            ok = text == b"ok\n"
             start_response(
                 "200 OK" if ok else "503 Service Unavailable",
                 [("Content-Type", "text/plain"), ("Content-Length", str(len(text)))],
@@ -125,6 +131,19 @@ class Exporter:
             return [text]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
+
+    def _liveness(self) -> bytes:
+        return b"ok\n" if _safely(self.probes.alive) else b"unavailable\n"
+
+    def _readiness(self) -> bytes:
+        try:
+            unserved = list(self.probes.unserved())
+        except Exception:  # TorchServe not up yet, or its management API not answering
+            log.debug("worker check failed", exc_info=True)
+            return b"unavailable\n"
+        if unserved:
+            return f"unavailable: no live worker for {', '.join(unserved)}\n".encode()
+        return b"ok\n" if _safely(self.probes.ready) else b"unavailable\n"
 
 
 def _safely(check: Callable[[], bool]) -> bool:

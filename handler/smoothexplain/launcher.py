@@ -54,6 +54,11 @@ _SOCKET_NAME_LEN: Final = len("/.ts.sock.65535")
 
 TokenKind = Literal["inference", "management", "API"]
 
+#: The config key naming the request header that marks StreamPredictions2 messages, and the
+#: name ts_handler.py looks for (kept here too: the launcher must not import the handler).
+SEQUENCE_ID_KEY: Final = "ts_header_key_sequence_id"
+SEQUENCE_ID_HEADER: Final = "ts_request_sequence_id"
+
 #: ``st`` column value of a listening socket in /proc/net/tcp{,6}.
 _TCP_LISTEN: Final = "0A"
 
@@ -276,6 +281,8 @@ class TorchServeInstance:
             "allowed_urls": f"file://{store_regex}/[^/]+\\.mar",
         }
         values.update(self.config_overrides)
+        # The handler finds StreamPredictions2 messages by this header name (ts_handler.py).
+        values[SEQUENCE_ID_KEY] = SEQUENCE_ID_HEADER
         return values
 
     def write_config(self) -> Path:
@@ -617,6 +624,20 @@ class TorchServeInstance:
         if isinstance(body, list) and body and isinstance(body[0], dict):
             return body[0]
         raise TorchServeError(f"describe {name}: unexpected reply {body!r}")
+
+    def scale_workers(self, name: str, min_worker: int, max_worker: int) -> None:
+        """``PUT /models/{name}`` on the management API, waiting until the workers are there."""
+        query = f"min_worker={min_worker}&max_worker={max_worker}&synchronous=true"
+        req = urllib.request.Request(
+            f"{self.management_url}/models/{name}?{query}",
+            method="PUT",
+            headers=self.management_headers(),
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.startup_timeout) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            raise TorchServeError(f"scale {name}: HTTP {exc.code}") from exc
 
     def worker_pids(self, model: str | None = None) -> list[int]:
         """PIDs of the Python backend workers (from the management API)."""

@@ -5,8 +5,9 @@ TorchServe (fixed loopback ports, token auth on, model API off) with $PROMETHEUS
 set for its workers (emptied first), serves their merged metrics and the token-free probes on its
 own exporter port (exporter.py), writes `endpoints.json` and `serve.pid` into its work directory
 once every model is READY, and stops TorchServe's whole process group and the exporter on
-SIGTERM or SIGINT. `stop` sends that SIGTERM. `--tls-cert/--tls-key` turn on TLS for REST,
-gRPC and the exporter.
+SIGTERM or SIGINT. Every few seconds it looks for a model whose worker TorchServe lost and
+restarts it through the management API (watchdog.py). `stop` sends that SIGTERM.
+`--tls-cert/--tls-key` turn on TLS for REST, gRPC and the exporter.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from .exporter import Exporter, Probes, TlsFiles
 from .launcher import DEFAULT_BASE_CONFIG, Ports, TorchServeError, TorchServeInstance
 from .local_server import ServerRecord, clear_record, read_record, write_record
 from .metrics import ServerCollector, worker_collector
+from .watchdog import Watchdog, unserved_models
 
-__all__ = ["add_serve", "add_stop", "run_serve", "run_stop"]
+__all__ = ["add_serve", "add_stop", "run_serve", "run_stop", "server_probes"]
 
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 DEFAULT_WORKDIR = Path("run/server")
+WATCH_SECONDS = 5.0  # between looks for models whose worker TorchServe lost (watchdog.py)
 
 
 def add_serve(subparsers: Subparsers) -> None:
@@ -198,6 +201,16 @@ def _ready(instance: TorchServeInstance, tls: TlsFiles | None) -> bool:
     return answer.status == 200 and bool(status == "Healthy")
 
 
+def server_probes(instance: TorchServeInstance, tls: TlsFiles | None) -> Probes:
+    """/healthz: TorchServe runs; /readyz: /ping says Healthy and every model has a live
+    worker (/ping alone misses a worker TorchServe lost, see watchdog.py)."""
+    return Probes(
+        alive=instance.is_running,
+        ready=lambda: _ready(instance, tls),
+        unserved=lambda: unserved_models(instance),
+    )
+
+
 def _exporter(
     args: argparse.Namespace, instance: TorchServeInstance, tls: TlsFiles | None
 ) -> Exporter:
@@ -212,7 +225,7 @@ def _exporter(
             worker_collector(multiproc),
             ServerCollector(instance.process_pids, instance.is_running),
         ],
-        Probes(alive=instance.is_running, ready=lambda: _ready(instance, tls)),
+        server_probes(instance, tls),
         tls,
     )
 
@@ -265,11 +278,7 @@ def run_serve(args: argparse.Namespace) -> int:
             f"metrics {exporter.url}/metrics, token in {instance.key_file}",
             flush=True,
         )
-        while not stopping.wait(1.0):
-            if not instance.is_running():
-                print("TorchServe exited unexpectedly; see " + str(instance.log_dir), flush=True)
-                return 1
-        return 0
+        return _supervise(instance, stopping)
     except _StoppedWhileStarting:
         return 0
     except (TorchServeError, OSError) as error:
@@ -281,6 +290,29 @@ def run_serve(args: argparse.Namespace) -> int:
         pid_file.unlink(missing_ok=True)
         endpoints_file.unlink(missing_ok=True)
         clear_record(os.getpid())
+
+
+def _supervise(instance: TorchServeInstance, stopping: threading.Event) -> int:
+    """Until SIGTERM (0) or TorchServe's exit (1), restarting the workers TorchServe lost."""
+    watchdog, next_check = Watchdog(instance), time.monotonic() + WATCH_SECONDS
+    while not stopping.wait(1.0):
+        if not instance.is_running():
+            print("TorchServe exited unexpectedly; see " + str(instance.log_dir), flush=True)
+            return 1
+        if time.monotonic() >= next_check:
+            _restart_lost_workers(watchdog)
+            next_check = time.monotonic() + WATCH_SECONDS
+    return 0
+
+
+def _restart_lost_workers(watchdog: Watchdog) -> None:
+    try:
+        restarted = watchdog.check()
+    except (TorchServeError, OSError, ValueError, KeyError) as error:
+        print(f"worker check failed: {error}", flush=True)  # the next look may work
+        return
+    for name in restarted:
+        print(f"model {name} had lost its worker (READY, process gone): restarted", flush=True)
 
 
 def _serve_pid(pid_file: Path) -> int | None:

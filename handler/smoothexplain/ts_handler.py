@@ -5,13 +5,16 @@ TorchServe 0.12 facts this adapter works around (see DESIGN.md §3):
 - a gRPC request's bytes arrive under our map key `GRPC_KEY`, a REST body under `body`/`data`;
 - per-request REST errors go through `set_response_status(code, msg, idx)`; gRPC ignores that
   status, so the error also travels inside our Response message;
-- REST rows carry the caller's `Authorization` header: nothing here logs headers or bodies.
+- REST rows carry the caller's `Authorization` header: nothing here logs headers or bodies;
+- a StreamPredictions2 message is never answered (`stream2_rows`): TorchServe's frontend ends
+  that call as soon as the client half-closes, and answering an ended call throws in the
+  frontend's worker thread, which loses the worker for good (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +27,20 @@ from .metrics import ServiceMetrics
 from .models import load_labels, load_model
 from .service import ExplainService, Incoming, Outgoing
 
-__all__ = ["SmoothExplainHandler", "incoming_from", "reason_phrase"]
+__all__ = [
+    "SEQUENCE_ID_HEADER",
+    "SmoothExplainHandler",
+    "incoming_from",
+    "reason_phrase",
+    "stream2_rows",
+]
 
 log = logging.getLogger(__name__)
 REST_KEYS = ("body", "data")
 REASON_MAX = 200  # characters of an error message put into the HTTP status line
+#: The request header TorchServe 0.12 puts on StreamPredictions2 messages only (its name is
+#: pinned by `ts_header_key_sequence_id` in deploy/config.properties and the launcher).
+SEQUENCE_ID_HEADER = "ts_request_sequence_id"
 
 
 def incoming_from(row: Mapping[str, Any], explain_header: object) -> Incoming:
@@ -46,6 +58,39 @@ def incoming_from(row: Mapping[str, Any], explain_header: object) -> Incoming:
         if key in row:
             return Incoming(row[key], explain_path=explain_path)
     return Incoming(None, explain_path=explain_path)
+
+
+def stream2_rows(
+    explain_headers: Sequence[object], sequence_headers: Sequence[object]
+) -> list[int]:
+    """Indices of the batch's StreamPredictions2 messages.
+
+    The frontend sets the sequence id as a request-level header (a str); a gRPC input named
+    like it appears as a dict, and a REST request (string `explain` header) is always answered,
+    whatever HTTP headers it brought, or its connection would wait forever.
+    """
+    return [
+        index
+        for index, (explain, sequence) in enumerate(
+            zip(explain_headers, sequence_headers, strict=True)
+        )
+        if not isinstance(explain, str) and isinstance(sequence, str)
+    ]
+
+
+def _withhold_replies(context: Any, rows: Sequence[int]) -> None:
+    """Leaves `rows` out of the reply TorchServe's worker sends: it writes one entry per key of
+    `context.request_ids`, and the frontend drops a batch's jobs that got none."""
+    request_ids = context.request_ids
+    if not isinstance(request_ids, MutableMapping):
+        raise TypeError("TorchServe's context.request_ids is no longer a dict; see ts_handler.py")
+    for index in rows:
+        del request_ids[index]
+    log.warning(
+        "%d StreamPredictions2 message(s) left unanswered: this model serves Predictions and "
+        "StreamPredictions only",
+        len(rows),
+    )
 
 
 def _response_timeout(context: Any) -> float | None:
@@ -81,6 +126,7 @@ class SmoothExplainHandler:
         metrics = ServiceMetrics(name, device)  # files under $PROMETHEUS_MULTIPROC_DIR when set
         timeout = _response_timeout(context)
         self.service = ExplainService(model, config, labels, device, name, metrics, timeout)
+        self.service.probe_cost()  # admission by cost judges the first requests too
         log.info(
             "smoothexplain model %s ready on %s (torch threads %d, inter-op %d, %s)",
             name,
@@ -93,14 +139,23 @@ class SmoothExplainHandler:
     def handle(self, data: Sequence[Mapping[str, Any]], context: Any) -> list[bytes | str]:
         if self.service is None:
             raise RuntimeError("handle() called before initialize()")
-        batch = [
-            incoming_from(row, context.get_request_header(i, "explain"))
-            for i, row in enumerate(data)
-        ]
-        answers = self.service.handle(batch)
-        for index, (incoming, answer) in enumerate(zip(batch, answers, strict=True)):
+        explain = [context.get_request_header(i, "explain") for i in range(len(data))]
+        unanswered = self._stream2_rows(context, explain)
+        served = [i for i in range(len(data)) if i not in unanswered]
+        batch = [incoming_from(data[i], explain[i]) for i in served]
+        answers = self.service.handle(batch) if batch else []
+        bodies: list[bytes | str] = [b""] * len(data)  # the unanswered rows' are never sent
+        for index, incoming, answer in zip(served, batch, answers, strict=True):
             self._set_status(context, index, incoming, answer)
-        return [answer.body for answer in answers]
+            bodies[index] = answer.body
+        if unanswered:
+            _withhold_replies(context, unanswered)
+        return bodies
+
+    @staticmethod
+    def _stream2_rows(context: Any, explain: Sequence[object]) -> list[int]:
+        sequence = [context.get_request_header(i, SEQUENCE_ID_HEADER) for i in range(len(explain))]
+        return stream2_rows(explain, sequence)
 
     @staticmethod
     def _set_status(context: Any, index: int, incoming: Incoming, answer: Outgoing) -> None:

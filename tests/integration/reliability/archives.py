@@ -15,11 +15,12 @@ import yaml
 
 from .expected import REPO_ROOT
 
-__all__ = ["FAULTY", "build_archive"]
+__all__ = ["FAULTY", "UNGUARDED", "build_archive"]
 
 TEMPLATE = REPO_ROOT / "deploy" / "model-config.yaml"
 HANDLER = REPO_ROOT / "handler" / "smoothexplain" / "ts_entry.py"
 FAULTY = Path(__file__).with_name("faulty.py")
+UNGUARDED = Path(__file__).with_name("unguarded_entry.py")  # answers StreamPredictions2 too
 
 
 def build_archive(
@@ -34,12 +35,14 @@ def build_archive(
     weights: Path | None = None,
     extra_files: Sequence[Path] = (),
     nt_samples_batch_size: int | None = None,
+    handler: Path = HANDLER,
 ) -> Path:
     """`store/name.mar`: the demo model config with the given overrides.
 
     torchserve: top-level model-config keys (batchSize, responseTimeout, ...);
     model_class/model_kwargs/limits: our `smoothexplain:` section (kwargs merged over the
-    trained model's num_classes and width); weights: another state_dict file.
+    trained model's num_classes and width); weights: another state_dict file; handler: another
+    `--handler` entry file (a test-only variant of ts_entry.py).
     """
     meta = json.loads((artifacts / "model-meta.json").read_text())
     config = yaml.safe_load(TEMPLATE.read_text())
@@ -69,7 +72,7 @@ def build_archive(
                 str(archiver) if archiver.is_file() else "torch-model-archiver",
                 "--model-name", name,
                 "--version", "1.0",
-                "--handler", str(HANDLER),
+                "--handler", str(handler),
                 "--extra-files", ",".join(str(f) for f in files),
                 "--config-file", str(folder / "model-config.yaml"),
                 "--export-path", str(store),
