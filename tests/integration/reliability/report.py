@@ -98,6 +98,25 @@ def _faults(r: dict[str, Any]) -> str:
             f"{'yes' if long[0]['predicts_after'] else 'no'}",
         ),
     ]
+    costly = r.get("costly_batch", [])
+    if costly:
+        outcomes = [o for c in costly for o in c["outcomes"]]
+        extra = sum(c["chunks"] - c["outcomes"].count("200") * c["chunks_per_big"] for c in costly)
+        lines.append(
+            (
+                "admission by cost (max_batch_seconds 3 s): one 60-chunk explanation, then "
+                "three 8-chunk ones and a small one together",
+                len(costly),
+                f"too dear: {sum(c['too_dear'][0] == 400 for c in costly)}/{len(costly)} "
+                f"400 before any chunk; of {len(outcomes)} big ones "
+                f"{outcomes.count('200')} computed (exact "
+                f"{sum(c['exact'] for c in costly)}), "
+                f"{outcomes.count('503 UNAVAILABLE')} answered 503 at once with no chunk "
+                f"computed for them (chunks beyond the computed ones: "
+                f"{extra}); "
+                f"small batch-mate answered {sum(c['small_ok'] for c in costly)}/{len(costly)}",
+            )
+        )
     table = "\n".join(f"| {name} | {runs} | {text} |" for name, runs, text in lines)
     return f"Measured {r['measured']}.\n\n| fault | runs | result |\n|---|---|---|\n{table}"
 

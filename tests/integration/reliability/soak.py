@@ -154,6 +154,7 @@ def soak_faults(root: Path, repeat: int, engine: LocalEngine) -> dict[str, Any]:
                     repeat, lambda: scenarios.response_timeout_budget(kit)
                 ),
                 "single_long_call": _repeat(1, lambda: scenarios.single_long_call(kit)),
+                "costly_batch": _repeat(repeat, lambda: scenarios.costly_batch(kit)),
             }
         finally:
             kit.close()
