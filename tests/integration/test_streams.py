@@ -236,6 +236,8 @@ def test_a_killed_worker_makes_readyz_fail_until_torchserve_restarts_it(server: 
     (pid,) = server.instance.worker_pids("shapes")
     watchdog = Watchdog(server.instance)  # default grace: TorchServe's own restart is left alone
     os.kill(pid, signal.SIGKILL)
+    # SIGKILL lands asynchronously: look only once the process is gone (or a zombie).
+    until(lambda: pid not in server.instance.process_pids(), seconds=30)
     answers: list[tuple[int, str]] = [server.readyz()]
     restarted: list[str] = []
     deadline = time.monotonic() + 120

@@ -276,7 +276,7 @@ def test_the_retry_gets_only_the_time_left(servers: Servers) -> None:
     with servers.client("grpc", timeout=5.0) as client:
         client.explain(MODEL, IMAGE, seed=1)
     first, second = servers.script.grpc_time_left
-    assert 4.0 < first <= 5.0
+    assert 4.0 < first <= 5.0 + 0.05  # gRPC's time_remaining rounds up a little
     assert second <= first - RETRY_BACKOFF_S + 0.05  # not a fresh 5 s
 
 
