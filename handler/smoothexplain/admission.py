@@ -11,9 +11,16 @@ and answers at once what cannot finish: a request whose cost alone is above the 
 and the dearest ones that do not fit beside their batch-mates (503 UNAVAILABLE: not computed,
 safe to send again). The rate is measured on every engine run (an exponential average, so load
 changes are followed within a few batches) and seeded at start-up by a short probe, so the first
-huge request after a restart is already judged. When packing a batch, costs are multiplied by
-`COST_MARGIN`: batches run a little slower than the sum of their parts (interleaved jobs, a
-loaded machine). A request is refused alone only when its plain estimate is over its bound.
+huge request after a restart is already judged.
+
+A rate is kept per input size and precision: per-call overheads make small inputs dearer per
+feature, so a rate learned on tiny tensors would overestimate (and wrongly refuse) large ones.
+An input size never run borrows the rate of the nearest larger size measured (cheaper per
+feature: it can only underestimate, and an underestimate is cut by the deadlines as before), a
+precision never run borrows the fp32 rates halved; with neither, the cost is unknown and the
+request runs. When packing a batch, costs are multiplied by `COST_MARGIN`: batches run a little
+slower than the sum of their parts. A request is refused alone only when its plain estimate is
+over its bound, so the cheapest admissible one of a batch always runs.
 """
 
 from __future__ import annotations
@@ -21,48 +28,82 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["COST_MARGIN", "CostModel", "admit_cheapest_first"]
+__all__ = ["COST_MARGIN", "MAX_SIZES", "CostModel", "admit_cheapest_first"]
 
 COST_MARGIN = 1.25
+MAX_SIZES = 64  # input sizes remembered per precision (the oldest measured one is dropped)
 _SMOOTHING = 0.3  # weight of the newest run in the average
+_BORROWED_PRECISION = 0.5  # a precision never run: the fp32 rate times this
+_REFERENCE = "fp32"
+
+
+@dataclass
+class _Rate:
+    seconds_per_unit: float
+    measured: bool  # False while the start-up probe is the only figure
 
 
 @dataclass
 class CostModel:
     """Seconds per row-feature (one row of one input feature through forward + backward), per
-    precision; `measured` is False while the start-up probe is the only figure."""
+    precision and input size (features per row)."""
 
-    rate: dict[str, float] = field(default_factory=dict)
-    measured: dict[str, bool] = field(default_factory=dict)
+    rates: dict[str, dict[int, _Rate]] = field(default_factory=dict)
 
     def estimate(self, rows: int, features: int, precision: str) -> float | None:
         """Seconds for `rows` rows of an input with `features` features; None while unknown."""
-        rate = self.rate.get(precision)
+        rate = _lookup(self.rates.get(precision, {}), features)
+        if rate is None and precision != _REFERENCE:
+            reference = _lookup(self.rates.get(_REFERENCE, {}), features)
+            rate = None if reference is None else reference * _BORROWED_PRECISION
         return None if rate is None else rate * rows * features
 
-    def observe(self, units: int, seconds: float, precision: str, probe: bool = False) -> None:
-        """`units` row-features took `seconds`. A probe only seeds a precision never run."""
-        if units <= 0 or seconds <= 0:
+    def observe(
+        self, rows: int, features: int, seconds: float, precision: str, probe: bool = False
+    ) -> None:
+        """`rows` rows of `features` features took `seconds`. A probe only seeds a size and
+        precision never run; the first real run replaces it."""
+        if rows <= 0 or features <= 0 or seconds <= 0:
             return
-        rate = seconds / units
-        if probe:
-            self.rate.setdefault(precision, rate)
-            self.measured.setdefault(precision, False)
+        rate = seconds / (rows * features)
+        sizes = self.rates.setdefault(precision, {})
+        known = sizes.get(features)
+        if known is None:
+            if len(sizes) >= MAX_SIZES:
+                _forget_oldest(sizes)
+            sizes[features] = _Rate(rate, measured=not probe)
+        elif probe:
             return
-        if not self.measured.get(precision, False):  # the first real run replaces the probe
-            self.rate[precision], self.measured[precision] = rate, True
-            return
-        self.rate[precision] = (1 - _SMOOTHING) * self.rate[precision] + _SMOOTHING * rate
+        elif not known.measured:
+            known.seconds_per_unit, known.measured = rate, True
+        else:
+            known.seconds_per_unit = (1 - _SMOOTHING) * known.seconds_per_unit + _SMOOTHING * rate
+
+
+def _lookup(sizes: dict[int, _Rate], features: int) -> float | None:
+    """The rate of `features`, else of the nearest larger size known, else None."""
+    if features in sizes:
+        return sizes[features].seconds_per_unit
+    larger = [size for size in sizes if size > features]
+    return sizes[min(larger)].seconds_per_unit if larger else None
+
+
+def _forget_oldest(sizes: dict[int, _Rate]) -> None:
+    """Drop the oldest measured size (a probe's seed is kept)."""
+    oldest = next((size for size, rate in sizes.items() if rate.measured), next(iter(sizes)))
+    del sizes[oldest]
 
 
 def admit_cheapest_first(costs: Sequence[float | None], seconds: float) -> list[bool]:
     """Which requests run: cheapest first while the running total, with `COST_MARGIN`, stays
-    within `seconds`. Unknown costs (None) always run and count as nothing."""
+    within `seconds`; the cheapest one runs even when only its plain cost fits (its bound was
+    checked alone). Unknown costs (None) always run and count as nothing."""
     admitted = [cost is None for cost in costs]
     total = 0.0
     known = sorted((cost, index) for index, cost in enumerate(costs) if cost is not None)
     for cost, index in known:
-        if total + COST_MARGIN * cost > seconds:
+        fits = cost <= seconds if total == 0.0 else total + COST_MARGIN * cost <= seconds
+        if not fits:
             break
         admitted[index], total = True, total + COST_MARGIN * cost
     return admitted

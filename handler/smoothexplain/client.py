@@ -184,6 +184,15 @@ def is_retryable(error: grpc.RpcError) -> bool:
 
 # -- tokens -----------------------------------------------------------------------------------
 
+# TorchServe's answer to a wrong or expired key (REST 400 and gRPC), in its two spellings.
+_KEY_REFUSED = ("Token Authorization failed", "Token Authentication failed")
+
+
+def _key_refused(error: grpc.RpcError) -> bool:
+    details_of = getattr(error, "details", None)
+    details = (details_of() if callable(details_of) else None) or ""
+    return any(text in details for text in _KEY_REFUSED)
+
 
 def _read_inference_key(path: Path) -> str:
     """The `inference.key` of a TorchServe key_file.json (never echoed in errors)."""
@@ -627,9 +636,22 @@ class SmoothExplainClient:
     # -- transports ---------------------------------------------------------------------------
 
     def _send(self, model: str, request: pb.Request, timeout: float) -> pb.Response:
+        """One call; sent again at once if TorchServe refused a key that `serve` has just
+        renewed in the key file (the renewal ends the old key before its expiry)."""
+        token = self._current_token()
+        try:
+            return self._send_with(model, request, timeout, token)
+        except grpc.RpcError as error:
+            if not _key_refused(error) or (renewed := self._current_token()) == token:
+                raise
+            return self._send_with(model, request, timeout, renewed)
+
+    def _send_with(
+        self, model: str, request: pb.Request, timeout: float, token: str | None
+    ) -> pb.Response:
         if self.transport == "grpc":
-            return _checked(self._grpc_call(model, request, timeout))
-        return _checked(self._rest_call(model, request, timeout))
+            return _checked(self._grpc_call(model, request, timeout, token))
+        return _checked(self._rest_call(model, request, timeout, token))
 
     def _send_retrying(self, model: str, request: pb.Request, ends: float) -> pb.Response:
         """`_send`, and once more after a back-off if the failure is retryable and time allows."""
@@ -659,8 +681,9 @@ class SmoothExplainClient:
                 self._stub = inference_pb2_grpc.InferenceAPIsServiceStub(self._channel)
             return self._stub
 
-    def _grpc_call(self, model: str, request: pb.Request, timeout: float) -> pb.Response:
-        token = self._current_token()
+    def _grpc_call(
+        self, model: str, request: pb.Request, timeout: float, token: str | None
+    ) -> pb.Response:
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
         call = inference_pb2.PredictionsRequest(
             model_name=model, input={GRPC_KEY: request.SerializeToString()}
@@ -674,8 +697,9 @@ class SmoothExplainClient:
                 self._session = requests.Session()
             return self._session
 
-    def _rest_call(self, model: str, request: pb.Request, timeout: float) -> pb.Response:
-        token = self._current_token()
+    def _rest_call(
+        self, model: str, request: pb.Request, timeout: float, token: str | None
+    ) -> pb.Response:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"

@@ -77,8 +77,8 @@ def decode_request(
             raise InvalidArgument("body is empty: send an image or a Request", field="body")
         elif image_format(data) is not None:
             request = pb.Request(input=pb.Input(image=data))
-        elif data.lstrip()[:1] == b"{":
-            request = _from_json(_load_json(_utf8(data)))
+        elif (text := data.removeprefix(_UTF8_BOM)).lstrip()[:1] == b"{":  # RFC 8259: a
+            request = _from_json(_load_json(_utf8(text)))  # parser may ignore a BOM
         else:
             raise UnsupportedMediaType(
                 f"body must be a {ACCEPTED} image or a JSON Request (see proto/)", field="body"
@@ -214,6 +214,7 @@ def _surrogate(field: str, error: UnicodeEncodeError) -> InvalidArgument:
 # " 7" or "٧" are refused; json_format would take them). A number with a fraction or an
 # exponent (7.0, 1e3) is accepted as json_format and the proto3 spec do, but only while a
 # double holds it exactly: 9007199254740993.0 would silently become ...992.
+_UTF8_BOM = b"\xef\xbb\xbf"
 _INTEGER_TEXT = re.compile(r"-?[0-9]{1,20}")
 _EXACT_FLOAT_INTEGER = 2**53
 # Doubles as strings: a JSON number in quotes, or NaN/Infinity/-Infinity (no " 1", "1_0").
@@ -245,6 +246,7 @@ def _check_message(value: Mapping[Any, Any], descriptor: Descriptor, prefix: str
     """Every key a field of `descriptor`, every value of its field's JSON type, recursively;
     the first offence is refused naming its path. Ranges are left to json_format."""
     fields = _fields_by_key(descriptor)
+    spelled: dict[str, str] = {}  # field name -> the key that set it
     for key, item in value.items():
         field = fields.get(key) if isinstance(key, str) else None
         if field is None:
@@ -254,6 +256,13 @@ def _check_message(value: Mapping[Any, Any], descriptor: Descriptor, prefix: str
                 f"{path} is not a field of {descriptor.name} (fields: {', '.join(names)})",
                 field=path,
             )
+        if field.name in spelled:  # nt_samples and ntSamples: which one is meant is unclear
+            raise InvalidArgument(
+                f"{prefix}{field.name} is given twice "
+                f"(as {_shown(spelled[field.name])} and {_shown(key)})",
+                field=prefix + field.name,
+            )
+        spelled[field.name] = key
         if item is None:  # proto3 JSON: null is the field's default
             continue
         path = prefix + field.name

@@ -611,6 +611,19 @@ class TorchServeInstance:
         """gRPC call metadata carrying the inference token."""
         return (("authorization", f"Bearer {self.inference_token}"),)
 
+    def renew_key(self, kind: Literal["management", "inference"]) -> None:
+        """A fresh `kind` key and expiry in key_file.json, through TorchServe's token API
+        (``GET /token?type=...`` on the management port, authorised by the API key)."""
+        req = urllib.request.Request(
+            f"{self.management_url}/token?type={kind}",
+            headers={"Authorization": f"Bearer {self.api_token}"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                resp.read()
+        except urllib.error.HTTPError as exc:
+            raise TorchServeError(f"renew the {kind} key: HTTP {exc.code}") from exc
+
     def describe_model(self, name: str) -> dict[str, Any]:
         """``GET /models/{name}`` on the management API (first entry of the reply)."""
         req = urllib.request.Request(

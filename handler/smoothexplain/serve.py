@@ -27,6 +27,7 @@ from types import FrameType
 from typing import TypeAlias
 
 from .exporter import Exporter, Probes, TlsFiles
+from .keyrotation import KeyRenewer
 from .launcher import DEFAULT_BASE_CONFIG, Ports, TorchServeError, TorchServeInstance
 from .local_server import ServerRecord, clear_record, read_record, write_record
 from .metrics import ServerCollector, worker_collector
@@ -37,6 +38,20 @@ __all__ = ["add_serve", "add_stop", "run_serve", "run_stop", "server_probes"]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 DEFAULT_WORKDIR = Path("run/server")
 WATCH_SECONDS = 5.0  # between looks for models whose worker TorchServe lost (watchdog.py)
+DEFAULT_KEY_MINUTES = 60.0  # TorchServe's own default token_expiration_min
+MIN_KEY_MINUTES = 0.2  # 12 s: a key must outlive a few WATCH_SECONDS (short ones are for tests)
+
+
+def _lifetime(text: str) -> float:
+    try:
+        minutes = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of minutes: {text!r}") from None
+    if not MIN_KEY_MINUTES <= minutes <= 10**6:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"must be in [{MIN_KEY_MINUTES:g}, 1e6] minutes, got {text!r}"
+        )
+    return minutes
 
 
 def add_serve(subparsers: Subparsers) -> None:
@@ -84,6 +99,15 @@ def add_serve(subparsers: Subparsers) -> None:
         default=True,
         help="TorchServe's token authorization; --no-token-auth only with a loopback --host, "
         "behind a gateway that checks tokens itself (deploy/k8s)",
+    )
+    parser.add_argument(
+        "--token-expiration-min",
+        type=_lifetime,
+        default=DEFAULT_KEY_MINUTES,
+        metavar="MINUTES",
+        help="lifetime of the management and inference keys; serve renews each with a "
+        f"quarter of it left (default {DEFAULT_KEY_MINUTES:g}, TorchServe's; at least "
+        f"{MIN_KEY_MINUTES:g})",
     )
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: HTTPS and gRPC TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
@@ -157,7 +181,9 @@ def _overrides(args: argparse.Namespace, tls: TlsFiles | None) -> dict[str, str]
         "grpc_management_address": "127.0.0.1",
         "metrics_address": f"http://{metrics_host}:{args.metrics_port}",
     }
-    if not args.token_auth:
+    if args.token_auth:
+        values["token_expiration_min"] = repr(args.token_expiration_min)
+    else:
         values["disable_token_authorization"] = "true"
     if tls is not None:
         values.update(
@@ -278,7 +304,10 @@ def run_serve(args: argparse.Namespace) -> int:
             f"metrics {exporter.url}/metrics, token in {instance.key_file}",
             flush=True,
         )
-        return _supervise(instance, stopping)
+        renewer = None
+        if instance.token_auth:
+            renewer = KeyRenewer(instance, 60 * args.token_expiration_min, 2 * WATCH_SECONDS)
+        return _supervise(instance, stopping, renewer)
     except _StoppedWhileStarting:
         return 0
     except (TorchServeError, OSError) as error:
@@ -292,17 +321,32 @@ def run_serve(args: argparse.Namespace) -> int:
         clear_record(os.getpid())
 
 
-def _supervise(instance: TorchServeInstance, stopping: threading.Event) -> int:
-    """Until SIGTERM (0) or TorchServe's exit (1), restarting the workers TorchServe lost."""
+def _supervise(
+    instance: TorchServeInstance, stopping: threading.Event, renewer: KeyRenewer | None
+) -> int:
+    """Until SIGTERM (0) or TorchServe's exit (1): renewing keys before they expire and
+    restarting the workers TorchServe lost."""
     watchdog, next_check = Watchdog(instance), time.monotonic() + WATCH_SECONDS
     while not stopping.wait(1.0):
         if not instance.is_running():
             print("TorchServe exited unexpectedly; see " + str(instance.log_dir), flush=True)
             return 1
         if time.monotonic() >= next_check:
+            if renewer is not None:  # first: the worker check needs a live management key
+                _renew_keys(renewer)
             _restart_lost_workers(watchdog)
             next_check = time.monotonic() + WATCH_SECONDS
     return 0
+
+
+def _renew_keys(renewer: KeyRenewer) -> None:
+    try:
+        renewed = renewer.check()
+    except (TorchServeError, OSError) as error:
+        print(f"key renewal failed: {error}", flush=True)  # retried at the next look
+        return
+    for kind in renewed:
+        print(f"renewed the {kind} key (key file rewritten)", flush=True)
 
 
 def _restart_lost_workers(watchdog: Watchdog) -> None:

@@ -44,7 +44,7 @@ from .errors import (
 from .heatmap import heatmap_png
 from .memory import serving_memory_budget
 from .metrics import ServiceMetrics
-from .spec import ExplainSpec, Method, finite_float32, make_spec
+from .spec import MAX_SEED, ExplainSpec, Method, finite_float32, make_spec
 
 __all__ = ["ExplainService", "Incoming", "Outgoing"]
 
@@ -146,7 +146,7 @@ class ExplainService:
                 "no start-up cost probe (%s); costs are learned from runs", type(error).__name__
             )
             return
-        self.costs.observe(x.numel(), best, "fp32", probe=True)
+        self.costs.observe(rows, x[0].numel(), best, "fp32", probe=True)
 
     def handle(self, batch: Sequence[Incoming]) -> list[Outgoing]:
         """One answer per request, always: a failure outside every per-request guard fails
@@ -273,8 +273,7 @@ class ExplainService:
                 # Known not to apply to this model: refused before it can fail a shared run
                 # (which would send every batch-mate through a run of its own).
                 raise InvalidArgument(self.guided_refusal, field="options.method")
-            has_seed = request.options.HasField("seed")
-            work.seed = request.options.seed if has_seed else secrets.randbits(62)
+            work.seed = _seed(request.options)
         work.response.model = self.model_name
         work.response.timings.decode_ms = 1000 * (time.perf_counter() - started)
 
@@ -313,7 +312,7 @@ class ExplainService:
                 or d.ig_rule,
                 return_convergence_delta=options.return_convergence_delta,
                 ig_sampling=_enum_value(
-                    options.ig_sampling, pb.IgSampling, "IG_SAMPLING_", "ig_sampling"
+                    options.ig_sampling, pb.IgSampling, "IG_SAMPLING_", "options.ig_sampling"
                 )
                 or d.ig_sampling,
                 noise_sampling=_enum_value(
@@ -567,7 +566,7 @@ def _learn_cost(costs: CostModel, jobs: Sequence[ExplainJob], rows: int, seconds
     sizes = {(job.inputs.numel(), job.spec.precision.value) for job in jobs}
     if len(sizes) == 1:
         features, precision = sizes.pop()
-        costs.observe(rows * features, seconds, precision)
+        costs.observe(rows, features, seconds, precision)
 
 
 def _refused(work: _Work, error: Exception) -> SmoothExplainError:
@@ -611,6 +610,18 @@ def _labels(work: _Work) -> tuple[str, str, str]:
     if work.spec is None:
         return ("explain" if explain else "predict"), "", ""
     return "explain", work.spec.method.value, work.spec.nt_type.value
+
+
+def _seed(options: pb.ExplainOptions) -> int:
+    """The request's seed, within the Python API's range (the proto field is a uint64), or a
+    fresh one."""
+    if not options.HasField("seed"):
+        return secrets.randbits(62)
+    if options.seed > MAX_SEED:
+        raise InvalidArgument(
+            f"options.seed must be in [0, {MAX_SEED}], got {options.seed}", field="options.seed"
+        )
+    return options.seed
 
 
 def _applied(

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_SIGMA",
     "MIN_CONFIDENCE",
     "MIN_SAMPLES_FOR_STOPPING",
+    "MIN_VARGRAD_NOISE",
     "Bounds",
     "ExplainSpec",
     "IgRule",
@@ -46,6 +47,11 @@ MAX_SIGMA = 10.0
 # overflows float32 for tiny c. c >= 0.04 keeps it within the same MAX_SIGMA x range as
 # Gaussian noise (erf(1 / (2 sqrt(2) MAX_SIGMA)) = 0.0399); the paper uses 0.95-0.999.
 MIN_CONFIDENCE = 0.04
+# VarGrad needs noise that moves the inputs: below about ten float32 steps of the range (the
+# step is 1.19e-7 of a value) the noisy copies round back to the input and the variance is 0.
+# Gaussian `sigma` (a fraction of the range) and `stdevs` (absolute; against the declared
+# range, or against 1 without bounds) must reach it.
+MIN_VARGRAD_NOISE = 1e-6
 
 
 class Method(StrEnum):
@@ -267,11 +273,17 @@ def _refuse_degenerate_vargrad(spec: ExplainSpec) -> None:
             f"everywhere), got {spec.nt_samples}",
             field="nt_samples",
         )
-    scale, field = (spec.sigma, "sigma") if spec.stdevs is None else (spec.stdevs, "stdevs")
-    if spec.noise is NoiseKind.GAUSSIAN and scale == 0:
+    if spec.noise is not NoiseKind.GAUSSIAN:  # AdaptGrad's sigma_i comes from the data
+        return
+    if spec.stdevs is None:
+        scale, least, field = spec.sigma, MIN_VARGRAD_NOISE, "sigma"
+    else:
+        widest = 1.0 if spec.bounds is None else float((spec.bounds.high - spec.bounds.low).max())
+        scale, least, field = spec.stdevs, MIN_VARGRAD_NOISE * widest, "stdevs"
+    if scale < least:
         raise InvalidArgument(
-            f"{field} must be > 0 for nt_type='vargrad' (samples without noise are all the "
-            "same: their variance is 0 everywhere)",
+            f"{field} must be >= {least:.3g} for nt_type='vargrad' (smaller noise leaves the "
+            f"float32 inputs unchanged, and their variance is 0 everywhere), got {scale!r}",
             field=field,
         )
 

@@ -68,6 +68,11 @@ class ServeProcess:
         self.endpoints = json.loads(endpoints.read_text())
         return self
 
+    def keys(self) -> dict[str, dict[str, str]]:
+        """The server's key_file.json as it is now (TorchServe rewrites it on renewal)."""
+        keys: dict[str, dict[str, str]] = json.loads(Path(self.endpoints["key_file"]).read_text())
+        return keys
+
     def leftover_pids(self) -> list[int]:
         """Live processes started for this server (their command line names its workdir)."""
         mark = str(self.workdir).encode()

@@ -8,7 +8,6 @@ break them.
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,11 +44,6 @@ def serve(
         yield process
 
 
-def _keys(serve: ServeProcess) -> dict[str, dict[str, str]]:
-    keys: dict[str, dict[str, str]] = json.loads(Path(serve.endpoints["key_file"]).read_text())
-    return keys
-
-
 def _png() -> bytes:
     image, _ = render_sample(2, 5)
     buffer = io.BytesIO()
@@ -70,13 +64,13 @@ def _rest_explain(serve: ServeProcess, cert: Path, token: str) -> requests.Respo
 def test_rest_is_https_only(serve: ServeProcess, tls: tuple[Path, Path]) -> None:
     cert, _ = tls
     assert serve.endpoints["rest"].startswith("https://") and serve.endpoints["tls"]
-    answer = _rest_explain(serve, cert, _keys(serve)["inference"]["key"])
+    answer = _rest_explain(serve, cert, serve.keys()["inference"]["key"])
     assert answer.status_code == 200 and answer.json()["attribution"]["shape"] == [3, 64, 64]
     plain = serve.endpoints["rest"].replace("https://", "http://")
     refused = requests.post(
         f"{plain}/explanations/shapes",
         data=_png(),
-        headers={"Authorization": f"Bearer {_keys(serve)['inference']['key']}"},
+        headers={"Authorization": f"Bearer {serve.keys()['inference']['key']}"},
         timeout=30,
     )
     assert refused.status_code == 403 and "only accepts HTTPS" in refused.text  # TorchServe's
@@ -98,7 +92,7 @@ def _grpc_explain(channel: grpc.Channel, token: str) -> pb.Response:
 
 def test_grpc_is_tls_only(serve: ServeProcess, tls: tuple[Path, Path]) -> None:
     cert, _ = tls
-    token = _keys(serve)["inference"]["key"]
+    token = serve.keys()["inference"]["key"]
     credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     with grpc.secure_channel(serve.endpoints["grpc"], credentials) as channel:
         response = _grpc_explain(channel, token)
@@ -122,15 +116,15 @@ def test_exporter_and_probes_use_tls_and_need_no_token(
 def test_rotating_the_inference_key(serve: ServeProcess, tls: tuple[Path, Path]) -> None:
     """TorchServe's token API: the old key stops working at once, the probes go on."""
     cert, _ = tls
-    old = _keys(serve)["inference"]["key"]
+    old = serve.keys()["inference"]["key"]
     management = f"http://127.0.0.1:{serve.ports['management']}"
     rotated = requests.post(
         f"{management}/token?type=inference",
-        headers={"Authorization": f"Bearer {_keys(serve)['API']['key']}"},
+        headers={"Authorization": f"Bearer {serve.keys()['API']['key']}"},
         timeout=10,
     )
     assert rotated.status_code == 200, rotated.text
-    new = _keys(serve)["inference"]["key"]
+    new = serve.keys()["inference"]["key"]
     assert new != old
     assert _rest_explain(serve, cert, old).status_code == 400  # InvalidKeyException
     assert _rest_explain(serve, cert, new).status_code == 200

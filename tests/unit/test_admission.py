@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.admission import COST_MARGIN, CostModel, admit_cheapest_first
+from smoothexplain.admission import COST_MARGIN, MAX_SIZES, CostModel, admit_cheapest_first
 from smoothexplain.codec import tensor_to_message
 from smoothexplain.config import parse_config
 from smoothexplain.errors import InvalidArgument
@@ -71,20 +71,49 @@ def _grpc(service: ExplainService, *requests: pb.Request) -> list[pb.Response]:
 def test_a_probe_seeds_the_rate_and_the_first_run_replaces_it() -> None:
     costs = CostModel()
     assert costs.estimate(10, 100, "fp32") is None  # unknown until measured
-    costs.observe(100, 1.0, "fp32", probe=True)
+    costs.observe(1, 100, 1.0, "fp32", probe=True)
     assert costs.estimate(10, 100, "fp32") == pytest.approx(10.0)
-    costs.observe(1000, 1.0, "fp32")  # a real run, 10× cheaper per unit than the probe
+    costs.observe(10, 100, 1.0, "fp32")  # a real run, 10× cheaper per unit than the probe
     assert costs.estimate(10, 100, "fp32") == pytest.approx(1.0)
-    costs.observe(1000, 3.0, "fp32")  # later runs move the average part of the way
+    costs.observe(10, 100, 3.0, "fp32")  # later runs move the average part of the way
     assert 1.0 < costs.estimate(10, 100, "fp32") < 3.0  # type: ignore[operator]
-    assert costs.estimate(10, 100, "bf16") is None  # each precision has its own rate
 
 
 def test_a_probe_never_overrides_a_measured_rate() -> None:
     costs = CostModel()
-    costs.observe(100, 1.0, "fp32")
-    costs.observe(100, 50.0, "fp32", probe=True)
+    costs.observe(1, 100, 1.0, "fp32")
+    costs.observe(1, 100, 50.0, "fp32", probe=True)
     assert costs.estimate(1, 100, "fp32") == pytest.approx(1.0)
+
+
+def test_tiny_inputs_do_not_teach_the_rate_of_large_ones() -> None:
+    costs = CostModel()
+    costs.observe(2, 10_000, 0.02, "fp32", probe=True)  # 1e-6 s per row-feature
+    for _ in range(20):  # tiny tensors: per-call overhead, 1e-3 s per row-feature
+        costs.observe(100, 10, 1.0, "fp32")
+    assert costs.estimate(100, 10_000, "fp32") == pytest.approx(1.0)  # the probe's rate
+    assert costs.estimate(100, 10, "fp32") == pytest.approx(1.0)  # its own size's rate
+    assert costs.estimate(100, 1_000, "fp32") == pytest.approx(0.1)  # nearest larger size
+    assert costs.estimate(100, 50_000, "fp32") is None  # nothing as large measured
+
+
+def test_a_precision_never_run_borrows_half_the_fp32_rate() -> None:
+    costs = CostModel()
+    assert costs.estimate(10, 100, "bf16") is None
+    costs.observe(1, 100, 1.0, "fp32")
+    assert costs.estimate(10, 100, "bf16") == pytest.approx(5.0)
+    costs.observe(1, 100, 4.0, "bf16")  # once run, its own rate
+    assert costs.estimate(10, 100, "bf16") == pytest.approx(40.0)
+    assert costs.estimate(10, 100, "fp32") == pytest.approx(10.0)
+
+
+def test_the_table_of_sizes_is_bounded_and_keeps_the_probe() -> None:
+    costs = CostModel()
+    costs.observe(1, 10**6, 1.0, "fp32", probe=True)
+    for features in range(1, 2 * MAX_SIZES):
+        costs.observe(1, features, 1.0, "fp32")
+    assert len(costs.rates["fp32"]) == MAX_SIZES
+    assert 10**6 in costs.rates["fp32"] and 1 not in costs.rates["fp32"]
 
 
 @pytest.mark.parametrize(
@@ -94,7 +123,9 @@ def test_a_probe_never_overrides_a_measured_rate() -> None:
         ([5.0, 5.0, 5.0], 12.0 * COST_MARGIN, [True, True, False]),  # ties: arrival order
         ([None, 9.0, 1.0], 2.0 * COST_MARGIN, [True, False, True]),  # unknown costs run
         ([4.0], 3.0 * COST_MARGIN, [False]),  # alone and too dear
+        ([3.5], 3.0 * COST_MARGIN, [True]),  # alone, its plain cost fits: it runs
         ([2.0, 2.0], 2.0 * COST_MARGIN, [True, False]),  # the margin counts
+        ([3.5, 0.1], 3.6, [False, True]),  # the cheapest runs; the margin holds the next
         ([], 3.0, []),
     ],
 )

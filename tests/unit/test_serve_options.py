@@ -43,3 +43,16 @@ def test_tls_flags_become_torchserve_keys(tmp_path: Path) -> None:
     assert _tls(_args()) is None
     with pytest.raises(SystemExit, match="together"):
         _tls(_args("--tls-cert", str(cert)))
+
+
+def test_key_lifetime_is_set_and_bounded(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _overrides(_args(), None)["token_expiration_min"] == "60.0"  # TorchServe's default
+    assert _overrides(_args("--token-expiration-min", "0.25"), None)["token_expiration_min"] == (
+        "0.25"
+    )
+    no_auth = _overrides(_args("--no-token-auth", "--token-expiration-min", "5"), None)
+    assert "token_expiration_min" not in no_auth
+    for bad in ("0.1", "0", "-1", "nan", "1e7", "soon"):
+        with pytest.raises(SystemExit):
+            _args("--token-expiration-min", bad)
+        assert "--token-expiration-min" in capsys.readouterr().err
