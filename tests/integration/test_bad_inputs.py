@@ -121,7 +121,10 @@ ACCEPTED_NEIGHBOURS = {
     "confidence-at-min",
     "enum-number-string",
     "json-duplicate-nested-last-wins",  # TorchServe's json.loads keeps the last duplicate
+    "json-utf8-bom",
+    "json-utf8-bom-no-type",
     "nt-type-none-ignores-nt-samples",
+    "seed-max-int63",
     "seed-number-exponent",
     "seed-number-integral-float",
     "seed-string-digits",
@@ -131,6 +134,7 @@ ACCEPTED_NEIGHBOURS = {
     "tensor-float32-subnormal",
     "tensor-float64-subnormal",
     "vargrad-adaptive-zero-sigma",
+    "vargrad-min-sigma",
     "vargrad-two-samples",
 }
 
