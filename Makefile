@@ -68,7 +68,7 @@ test: install lint model
 	$(BIN)/pytest
 
 # Performance benchmarks on CPU (about 15 min on 2 cores), then README tables + plots.
-PERF_BENCH := engine fusion memory serving
+PERF_BENCH := engine fusion memory serving admission_lite0
 bench: install model
 	for b in $(PERF_BENCH); do $(BIN)/python bench/$$b.py; done
 	$(BIN)/python bench/ig_sampling.py  # smoothed IG error vs passes (~5 min on 2 idle cores)

@@ -232,3 +232,22 @@ def test_a_smoke_run_never_overwrites_the_committed_results() -> None:
     )
     assert json.loads(smoke.read_text())["settings"]["smoke"] is True
     assert committed.read_bytes() == before
+
+
+def test_admission_bench_judges_the_pretrained_lite0(tmp_path: Path) -> None:
+    """`make model`'s Lite0 archive through the data plane: every request is estimated before
+    it runs (the start-up probe covers the first), the cat stays a cat, and a tight memory
+    budget lowers the rows per call to what fits by the probed bytes per row."""
+    store = BENCH.parent / "model_store"
+    assert (store / "efficientnet_lite0.mar").is_file(), "run `make model` first"
+    out = tmp_path / "admission.json"
+    _run("admission_lite0.py", out, "--store", str(store))
+    record = json.loads(out.read_text())
+    assert all(run["estimate_s"] and run["estimate_s"] > 0 for run in record["runs"])
+    assert all(run["measured_s"] > 0 and run["top1"] for run in record["runs"])
+    assert record["runs"][1]["rows"] == 4 and record["runs"][1]["rows_per_call"] == 4
+    budget = record["tight_budget_mib"]
+    for run in record["tight_runs"]:
+        assert run["rows_per_call"] == int(budget // run["row_mib"]) < run["rows"]
+        assert run["calls"] == -(-run["rows"] // run["rows_per_call"])
+    assert "memory_budget_mb: 1024" in out.with_suffix(".md").read_text()
