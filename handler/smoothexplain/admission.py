@@ -21,6 +21,11 @@ precision never run borrows the fp32 rates halved; with neither, the cost is unk
 request runs. When packing a batch, costs are multiplied by `COST_MARGIN`: batches run a little
 slower than the sum of their parts. A request is refused alone only when its plain estimate is
 over its bound, so the cheapest admissible one of a batch always runs.
+
+Work done once per request before any model call is costed apart, per noise sampling scheme,
+as seconds per input feature: QMC builds a scrambled Sobol engine per 21 201 features (seconds
+for a 224² image, whatever the rows), which learned as a rate per row would make every later
+request of that size look many times dearer than it is.
 """
 
 from __future__ import annotations
@@ -49,14 +54,29 @@ class CostModel:
     precision and input size (features per row)."""
 
     rates: dict[str, dict[int, _Rate]] = field(default_factory=dict)
+    setup: dict[str, float] = field(default_factory=dict)  # noise sampling -> s per feature
 
-    def estimate(self, rows: int, features: int, precision: str) -> float | None:
-        """Seconds for `rows` rows of an input with `features` features; None while unknown."""
+    def estimate(
+        self, rows: int, features: int, precision: str, sampling: str = "iid"
+    ) -> float | None:
+        """Seconds for `rows` rows of an input with `features` features, plus the request's
+        set-up under `sampling`; None while the rows' rate is unknown."""
         rate = _lookup(self.rates.get(precision, {}), features)
         if rate is None and precision != _REFERENCE:
             reference = _lookup(self.rates.get(_REFERENCE, {}), features)
             rate = None if reference is None else reference * _BORROWED_PRECISION
-        return None if rate is None else rate * rows * features
+        if rate is None:
+            return None
+        return (rate * rows + self.setup.get(sampling, 0.0)) * features
+
+    def observe_setup(self, sampling: str, features: int, seconds: float) -> None:
+        """One request's set-up under `sampling` took `seconds` for `features` features."""
+        if features <= 0 or seconds < 0:
+            return
+        rate, known = seconds / features, self.setup.get(sampling)
+        self.setup[sampling] = (
+            rate if known is None else (1 - _SMOOTHING) * known + _SMOOTHING * rate
+        )
 
     def observe(
         self, rows: int, features: int, seconds: float, precision: str, probe: bool = False

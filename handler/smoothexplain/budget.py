@@ -36,19 +36,20 @@ class Budgeted(nn.Module):
         self.inner = model
         self.training = False  # a wrapper only; the model's own mode is left as it is
         self.until: float | None = None
-        self.reason = ""
+        self.reason = self.field = ""
         self._last_call: float | None = None  # when the previous call of this budget started
 
-    def start(self, until: float | None, reason: str) -> None:
-        """A new budget (a new batch): forget the previous chunk's duration."""
-        self.until, self.reason, self._last_call = until, reason, None
+    def start(self, until: float | None, reason: str, field: str = "") -> None:
+        """A new budget (a new batch): forget the previous chunk's duration. `field` is the
+        request field that set `until` (deadline_unix_ms), "" for the server's own limit."""
+        self.until, self.reason, self.field, self._last_call = until, reason, field, None
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         now = time.monotonic()
         if self.until is not None:
             chunk = now - self._last_call if self._last_call is not None else 0.0
             if now + chunk >= self.until:
-                raise DeadlineExceeded(self.reason)
+                raise DeadlineExceeded(self.reason, field=self.field)
         self._last_call = now
         scores: torch.Tensor = self.inner(rows)
         return scores

@@ -118,10 +118,13 @@ def _from_proto(data: bytes) -> pb.Request:
 
 
 def _json_size(parsed: Mapping[Any, Any]) -> int:
+    """Bytes of `parsed` as compact UTF-8 JSON: what the body held, less its whitespace (the
+    raw size of a body TorchServe parsed is not passed on; its max_request_size bounds it)."""
     try:
-        return len(json.dumps(parsed))
+        text = json.dumps(parsed, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):  # not what json.loads makes
         raise InvalidArgument("body: not a JSON object", field="body") from None
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 class _DuplicateKey(Exception):

@@ -10,7 +10,7 @@ Two producers, one scrape endpoint per server (`smoothexplain serve`, see export
   whole TorchServe process group (JVM + workers) and whether TorchServe is up.
 
 Names follow Prometheus conventions (`_seconds`, `_bytes`, `_total`); labels are few and bounded:
-model, kind (predict | explain), method, nt_type, status_class (2xx | 4xx | 5xx), memory
+model, kind (predict | explain), method, nt_type, status_class (2xx | 4xx | 5xx | deadline), memory
 (host | cuda). Recording never raises: a failure (say, a full disk under the multiprocess
 directory) is logged and serving goes on.
 """
@@ -65,9 +65,10 @@ _MODEL = ("model",)
 _REQUEST = ("model", "kind", "method", "nt_type")
 
 
-def status_class(http_status: int) -> str:
-    """200 → '2xx', 415 → '4xx': the bounded label for an answer's HTTP status."""
-    return f"{http_status // 100}xx"
+def status_class(http_status: int, client_deadline: bool = False) -> str:
+    """200 → '2xx', 415 → '4xx': the bounded label for an answer's HTTP status; 'deadline' for
+    a 504 the request's own deadline_unix_ms caused (the client's choice, not a server fault)."""
+    return "deadline" if client_deadline else f"{http_status // 100}xx"
 
 
 def _never_raises(
@@ -114,7 +115,8 @@ class ServiceMetrics:
         r = self.registry
         self.requests = Counter(
             "smoothexplain_requests",
-            "Requests answered, by outcome (status_class of the HTTP status of the answer).",
+            "Requests answered, by outcome (status_class of the HTTP status of the answer; "
+            "'deadline': the request's own deadline_unix_ms passed).",
             [*_REQUEST, "status_class"],
             registry=r,
         )
@@ -208,9 +210,16 @@ class ServiceMetrics:
 
     @_never_raises
     def request_answered(
-        self, kind: str, method: str, nt_type: str, http_status: int, seconds: float
+        self,
+        kind: str,
+        method: str,
+        nt_type: str,
+        http_status: int,
+        seconds: float,
+        client_deadline: bool = False,
     ) -> None:
-        self.requests.labels(self.model, kind, method, nt_type, status_class(http_status)).inc()
+        outcome = status_class(http_status, client_deadline)
+        self.requests.labels(self.model, kind, method, nt_type, outcome).inc()
         self.request_seconds.labels(self.model, kind, method, nt_type).observe(seconds)
 
     @_never_raises

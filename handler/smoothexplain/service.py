@@ -29,7 +29,7 @@ from .codec import (
     tensor_to_message,
 )
 from .config import ServingConfig
-from .engine import ExplainJob, JobResult, Scheduler, guided_refusal
+from .engine import ExplainJob, JobResult, Scheduler, SchedulerStats, guided_refusal
 from .errors import (
     DeadlineExceeded,
     InternalError,
@@ -208,7 +208,14 @@ class ExplainService:
         done = time.perf_counter()
         for work, answer in zip(works, answers, strict=True):
             kind, method, nt_type = _labels(work)
-            metrics.request_answered(kind, method, nt_type, answer.status, done - work.started)
+            metrics.request_answered(
+                kind,
+                method,
+                nt_type,
+                answer.status,
+                done - work.started,
+                client_deadline=_client_deadline(work),
+            )
             if work in explained:
                 metrics.request_explained(method, nt_type, work.response.rows, explain_seconds)
         metrics.batch_finished(len(works))
@@ -220,7 +227,7 @@ class ExplainService:
         try:
             return self.scheduler.run(jobs)
         finally:
-            _learn_cost(self.costs, jobs, self.scheduler.stats.rows, time.perf_counter() - started)
+            _learn_cost(self.costs, jobs, self.scheduler.stats, time.perf_counter() - started)
             if self.metrics is not None:
                 stats = self.scheduler.stats
                 self.metrics.engine_run(
@@ -381,11 +388,12 @@ class ExplainService:
             )
         work.response.target = target
 
-    def _time_left(self, works: list[_Work], batch_started: float) -> tuple[float | None, str]:
-        """When the engine must stop (time.monotonic()), and why: the batch's share of
-        responseTimeout, or the latest client deadline when every request carries one."""
+    def _time_left(self, works: list[_Work], batch_started: float) -> tuple[float | None, str, str]:
+        """When the engine must stop (time.monotonic()), why, and the request field that set
+        it: the batch's share of responseTimeout, or the latest client deadline when every
+        request carries one."""
         until: float | None = None
-        reason = ""
+        reason = field = ""
         if self.response_timeout is not None:
             until = batch_started + RESPONSE_TIMEOUT_SHARE * self.response_timeout
             reason = (
@@ -400,9 +408,9 @@ class ExplainService:
         if works and len(deadlines) == len(works):
             client = time.monotonic() + max(deadlines) / 1000 - time.time()
             if until is None or client < until:
-                until = client
+                until, field = client, "deadline_unix_ms"
                 reason = "deadline_unix_ms passed while computing; the rest was not computed"
-        return until, reason
+        return until, reason, field
 
     def _explain(self, works: list[_Work]) -> None:
         if not works:
@@ -443,7 +451,9 @@ class ExplainService:
             baseline=baseline,
         )
         spec = work.spec
-        work.cost = self.costs.estimate(spec.rows, work.inputs.numel(), spec.precision.value)
+        work.cost = self.costs.estimate(
+            spec.rows, work.inputs.numel(), spec.precision.value, spec.noise_sampling.value
+        )
         limit = self.config.limits.max_batch_seconds
         if work.cost is not None and work.cost > limit:
             raise LimitExceeded(
@@ -499,6 +509,8 @@ class ExplainService:
         if encoding in (pb.ENCODING_PNG, pb.ENCODING_FLOAT32_AND_PNG):
             response.heatmap_png = heatmap_png(result.attribution)
         if result.convergence_delta is not None:
+            if not math.isfinite(result.convergence_delta):  # F(baseline) overflowed
+                raise _not_finite(work, "convergence delta")
             response.convergence_delta = result.convergence_delta
         response.options.CopyFrom(_applied(work.spec, work.seed, work.request.options, encoding))
         if result.relative_error is not None and math.isfinite(result.relative_error):
@@ -540,6 +552,14 @@ def _not_finite(work: _Work, what: str) -> SmoothExplainError:
     """The model's scores or the map came out NaN or infinite: the tensor's values overflow
     the model (the client's to change), or the model broke on a decoded image (ours)."""
     assert work.request is not None
+    options = work.request.options
+    if what != "scores" and options.HasField("baseline"):  # checked first: the map uses both
+        return InvalidArgument(
+            f"options.baseline {options.baseline:g} makes the model's {what} NaN or infinite: "
+            "the model's output along the path overflows; choose a baseline in the model's "
+            "input range",
+            field="options.baseline",
+        )
     if work.request.input.WhichOneof("source") == "tensor":
         return InvalidArgument(
             f"input.tensor.data makes the model's {what} NaN or infinite: its values overflow "
@@ -560,13 +580,22 @@ def _time_for(work: _Work, seconds: float, now: float) -> tuple[float, str]:
     return seconds, why
 
 
-def _learn_cost(costs: CostModel, jobs: Sequence[ExplainJob], rows: int, seconds: float) -> None:
-    """Teach `costs` a run (finished or cut short) of `rows` model rows, when its jobs share
-    one input size and precision."""
+def _learn_cost(
+    costs: CostModel, jobs: Sequence[ExplainJob], stats: SchedulerStats, seconds: float
+) -> None:
+    """Teach `costs` a run (finished or cut short): its set-up when the jobs share one noise
+    sampling and input size, its model rows (the time after the set-up) when they share one
+    input size and precision."""
+    if not jobs:
+        return
+    setups = {(job.spec.noise_sampling.value, job.inputs.numel()) for job in jobs}
+    if len(setups) == 1:
+        sampling, features = setups.pop()
+        costs.observe_setup(sampling, features, stats.setup_seconds / len(jobs))
     sizes = {(job.inputs.numel(), job.spec.precision.value) for job in jobs}
     if len(sizes) == 1:
         features, precision = sizes.pop()
-        costs.observe(rows, features, seconds, precision)
+        costs.observe(stats.rows, features, seconds - stats.setup_seconds, precision)
 
 
 def _refused(work: _Work, error: Exception) -> SmoothExplainError:
@@ -601,6 +630,13 @@ def _expire(works: list[_Work]) -> None:
                 "deadline_unix_ms passed before this request's turn; it was not computed",
                 field="deadline_unix_ms",
             )
+
+
+def _client_deadline(work: _Work) -> bool:
+    """Whether the request failed on its own deadline_unix_ms (the client's choice, not a
+    server failure: counted apart so that a past deadline cannot fire the 5xx alert)."""
+    error = work.error
+    return isinstance(error, DeadlineExceeded) and error.field == "deadline_unix_ms"
 
 
 def _labels(work: _Work) -> tuple[str, str, str]:

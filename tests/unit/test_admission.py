@@ -15,9 +15,11 @@ from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain.admission import COST_MARGIN, MAX_SIZES, CostModel, admit_cheapest_first
 from smoothexplain.codec import tensor_to_message
 from smoothexplain.config import parse_config
+from smoothexplain.engine import ExplainJob, SchedulerStats
 from smoothexplain.errors import InvalidArgument
 from smoothexplain.metrics import ServiceMetrics
-from smoothexplain.service import ExplainService, Incoming, Outgoing
+from smoothexplain.service import ExplainService, Incoming, Outgoing, _learn_cost
+from smoothexplain.spec import make_spec
 
 from .analytic import small_cnn
 
@@ -114,6 +116,41 @@ def test_the_table_of_sizes_is_bounded_and_keeps_the_probe() -> None:
         costs.observe(1, features, 1.0, "fp32")
     assert len(costs.rates["fp32"]) == MAX_SIZES
     assert 10**6 in costs.rates["fp32"] and 1 not in costs.rates["fp32"]
+
+
+def test_a_set_up_cost_is_per_request_and_per_sampling_scheme() -> None:
+    costs = CostModel()
+    costs.observe(rows=10, features=100, seconds=1.0, precision="fp32")  # 1e-3 s/row-feature
+    costs.observe_setup("qmc", features=100, seconds=2.0)
+    assert costs.estimate(10, 100, "fp32") == pytest.approx(1.0)  # iid: rows only
+    assert costs.estimate(10, 100, "fp32", "qmc") == pytest.approx(3.0)
+    assert costs.estimate(1000, 100, "fp32", "qmc") == pytest.approx(102.0)
+    costs.observe_setup("qmc", features=100, seconds=4.0)  # averaged like the rates
+    assert costs.setup["qmc"] == pytest.approx((0.7 * 2.0 + 0.3 * 4.0) / 100)
+
+
+def test_a_costly_set_up_does_not_poison_the_rate_of_rows() -> None:
+    """A 1-row QMC request whose Sobol engines took 1 s: the rows' rate learns only the 0.01 s
+    after the set-up, so a later 300-row iid request of that size is judged by its rows."""
+    costs = CostModel()
+    features = 3 * 64 * 64
+    iid = ExplainJob(torch.zeros(3, 64, 64), 0, make_spec(nt_samples=300), seed=1)
+    costs.observe(300, features, 3.0, "fp32")
+    qmc = ExplainJob(
+        torch.zeros(3, 64, 64), 0, make_spec(nt_samples=1, noise_sampling="qmc"), seed=1
+    )
+    _learn_cost(costs, [qmc], SchedulerStats(chunk_rows=[1], setup_seconds=1.0), 1.01)
+    before = 3.0 / (300 * features)
+    assert costs.rates["fp32"][features].seconds_per_unit == pytest.approx(
+        0.7 * before + 0.3 * 0.01 / features
+    )
+    # Unpoisoned: 0.01 s for the QMC request's one row, where 1.01 s would read 100x dearer.
+    assert costs.estimate(iid.spec.rows, features, "fp32") == pytest.approx(
+        0.7 * 3.0 + 0.3 * 0.01 * 300
+    )
+    assert costs.estimate(1, features, "fp32", "qmc") == pytest.approx(
+        1.0 + 0.7 * 3.0 / 300 + 0.3 * 0.01
+    )
 
 
 @pytest.mark.parametrize(

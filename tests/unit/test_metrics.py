@@ -100,6 +100,33 @@ def test_one_batch_is_recorded_by_kind_method_and_outcome() -> None:
 
 def test_status_classes() -> None:
     assert [status_class(s) for s in (200, 400, 415, 503)] == ["2xx", "4xx", "4xx", "5xx"]
+    assert status_class(504, client_deadline=True) == "deadline"
+
+
+def test_a_request_past_its_own_deadline_is_no_server_failure() -> None:
+    """A client's deadline_unix_ms of 1 (1970) gets 504, counted as `deadline`, not `5xx`:
+    any client could otherwise fire the error-rate alert. The server's own time limit (the
+    batch's share of responseTimeout) stays a 5xx."""
+    metrics = ServiceMetrics("tiny", torch.device("cpu"))
+    past = pb.Request(
+        input=pb.Input(image=_png(1)),
+        explain=True,
+        deadline_unix_ms=1,
+        options=pb.ExplainOptions(nt_samples=2),
+    )
+    ok = _explain(2, seed=2, nt_samples=2)
+    answers = _service(metrics).handle([Incoming(past.SerializeToString(), from_grpc=True), ok])
+    assert [a.status for a in answers] == [504, 200]
+    value = metrics.registry.get_sample_value
+    labels = {"model": "tiny", "kind": "explain", "method": "gradient", "nt_type": "smoothgrad"}
+    assert value("smoothexplain_requests_total", {**labels, "status_class": "deadline"}) == 1
+    assert value("smoothexplain_requests_total", {**labels, "status_class": "5xx"}) is None
+    service = ExplainService(
+        small_cnn(), CONFIG, {}, torch.device("cpu"), "tiny", metrics, response_timeout=1e-9
+    )
+    (late,) = service.handle([_explain(3, seed=3, nt_samples=2)])
+    assert late.status == 504
+    assert value("smoothexplain_requests_total", {**labels, "status_class": "5xx"}) == 1
 
 
 def test_a_broken_metrics_directory_never_breaks_serving(

@@ -251,3 +251,19 @@ def test_rest_json_names_class_zero_too(service: ExplainService) -> None:
     body = json.loads(answer.body)
     assert sorted(score["index"] for score in body["top_k"]) == [0, 1, 2, 3, 4]
     assert body["target"] == 0
+
+
+def test_rest_json_shows_seed_zero_and_probability_zero(service: ExplainService) -> None:
+    """The same for the seed used (0 is a seed like any other) and a probability that
+    underflows to 0 (scores far apart: a tensor of huge values)."""
+    request = pb.Request(
+        input=pb.Input(tensor=tensor_to_message(torch.full((3, 8, 8), 1e4))),
+        explain=True,
+        top_k=5,
+        options=pb.ExplainOptions(seed=0, nt_samples=2, stdevs=1.0),
+    )
+    (answer,) = service.handle([Incoming(json_format.MessageToJson(request).encode())])
+    body = json.loads(answer.body)
+    assert body["seed"] == "0" and body["options"]["seed"] == "0"
+    probabilities = [score.get("probability") for score in body["top_k"]]
+    assert None not in probabilities and 0.0 in probabilities, probabilities

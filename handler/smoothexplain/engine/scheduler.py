@@ -58,6 +58,9 @@ class SchedulerStats:
 
     chunk_rows: list[int] = field(default_factory=list)  # rows of each model call
     oom_splits: int = 0  # chunks halved after an out-of-memory error
+    # Seconds spent setting the jobs up before any model call (QMC's scrambled Sobol engines
+    # take seconds for a large image, whatever the number of rows)
+    setup_seconds: float = 0.0
 
     @property
     def rows(self) -> int:
@@ -253,7 +256,9 @@ class Scheduler:
 
     def run(self, jobs: Sequence[ExplainJob]) -> list[JobResult]:
         self.stats = SchedulerStats()
+        started = time.perf_counter()
         runs = [_Run(job) for job in jobs]
+        self.stats.setup_seconds = time.perf_counter() - started
         # Built first: a model guided backprop cannot serve is refused before any pass.
         guided = GuidedModel(self.model) if any(_guided(run) for run in runs) else None
         groups = _groups(runs)
