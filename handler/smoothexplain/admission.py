@@ -11,7 +11,9 @@ and answers at once what cannot finish: a request whose cost alone is above the 
 and the dearest ones that do not fit beside their batch-mates (503 UNAVAILABLE: not computed,
 safe to send again). The rate is measured on every engine run (an exponential average, so load
 changes are followed within a few batches) and seeded at start-up by a short probe, so the first
-huge request after a restart is already judged.
+huge request after a restart is already judged. A probe taken while other workers start can be
+many times too slow, so a request is never refused on a probe alone: the data plane probes
+again first (the lower figure is kept) and refuses only if the fresh estimate still says so.
 
 A rate is kept per input size and precision: per-call overheads make small inputs dearer per
 feature, so a rate learned on tiny tensors would overestimate (and wrongly refuse) large ones.
@@ -69,6 +71,15 @@ class CostModel:
             return None
         return (rate * rows + self.setup.get(sampling, 0.0)) * features
 
+    def measured(self, features: int, precision: str) -> bool:
+        """Whether the rate `estimate` uses for this size and precision comes from a run (not
+        only from a probe, nor borrowed from another precision)."""
+        sizes = self.rates.get(precision, {})
+        chosen = (
+            features if features in sizes else min((s for s in sizes if s > features), default=None)
+        )
+        return chosen is not None and sizes[chosen].measured
+
     def observe_setup(self, sampling: str, features: int, seconds: float) -> None:
         """One request's set-up under `sampling` took `seconds` for `features` features."""
         if features <= 0 or seconds < 0:
@@ -92,7 +103,9 @@ class CostModel:
             if len(sizes) >= MAX_SIZES:
                 _forget_oldest(sizes)
             sizes[features] = _Rate(rate, measured=not probe)
-        elif probe:
+        elif probe:  # a repeated probe: start-up contention only ever adds time
+            if not known.measured:
+                known.seconds_per_unit = min(known.seconds_per_unit, rate)
             return
         elif not known.measured:
             known.seconds_per_unit, known.measured = rate, True

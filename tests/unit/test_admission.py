@@ -184,7 +184,23 @@ def test_an_explanation_dearer_than_a_batch_may_be_is_refused_before_any_row() -
     assert huge.error.field == "options.nt_samples"
     assert "max_batch_seconds=1" in huge.error.message and "500 rows" in huge.error.message
     assert not small.HasField("error") and small.rows == 4
-    assert model.rows == 2 + 4  # the two predictions and the small one's rows, nothing else
+    # The two predictions, a fresh probe (two calls of 2 rows: the start-up probe alone never
+    # refuses) and the small one's rows; nothing of the huge one.
+    assert model.rows == 2 + 2 * 2 + 4
+
+
+def test_a_probe_slowed_by_start_up_contention_refuses_nothing() -> None:
+    """The start-up probe ran while other workers loaded and read 100 times slow: a request
+    it would refuse is probed again first, and runs on the fresh figure."""
+    model = RowTimed(0.002)
+    service = _service(model, max_batch_seconds=1.0)
+    features = 3 * 8 * 8
+    (rate,) = [r.seconds_per_unit for r in service.costs.rates["fp32"].values()]
+    service.costs.rates["fp32"][features].seconds_per_unit = 100 * rate  # as if contended
+    (answer,) = _grpc(service, _request(100))  # ~0.2 s of rows, not ~20 s
+    assert not answer.HasField("error") and answer.rows == 100
+    assert service.costs.measured(features, "fp32")
+    assert service.costs.rates["fp32"][features].seconds_per_unit < 10 * rate
 
 
 def test_the_dearest_batch_mates_get_503_at_once_and_the_small_one_is_answered() -> None:
