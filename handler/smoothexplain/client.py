@@ -43,7 +43,7 @@ from google.protobuf.message import DecodeError
 from ._proto.smoothexplain.v1 import explain_pb2 as pb
 from ._proto.torchserve import inference_pb2, inference_pb2_grpc
 from .codec import GRPC_KEY, message_to_tensor, tensor_to_message
-from .errors import InvalidArgument
+from .errors import InvalidArgument, grpc_code_of_http, http_of_grpc_code
 from .local_server import read_record
 
 __all__ = [
@@ -67,32 +67,6 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # above TorchServe's max_response_size (32
 RETRY_BACKOFF_S = 0.5  # lets TorchServe put a restarting worker back in front of the queue
 SEED_BITS = 63  # fits a signed 64-bit integer wherever the seed ends up
 
-_HTTP_TO_GRPC: dict[int, grpc.StatusCode] = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    # TorchServe's max_request_size; gRPC reports an oversized message as RESOURCE_EXHAUSTED,
-    # so both transports give the same code for the same oversized input.
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    415: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    501: grpc.StatusCode.UNIMPLEMENTED,
-    502: grpc.StatusCode.UNAVAILABLE,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-_GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 503,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 # TorchServe 0.12 rejects a missing or wrong REST token with 400 and this exception type.
 _TORCHSERVE_AUTH_TYPES = frozenset({"InvalidKeyException"})
 # TorchServe 0.12's answer to every request of a batch whose worker process died: REST 500 or
@@ -157,13 +131,13 @@ class ExplainError(grpc.RpcError):
 
 
 def _http_for(code: grpc.StatusCode) -> int:
-    """HTTP status for a code, when a Response.error came without one (as in errors.py)."""
-    return _GRPC_TO_HTTP.get(code, 500)
+    """HTTP status for a code, when a Response.error came without one (errors.py's table)."""
+    return http_of_grpc_code(code.name)
 
 
 def status_for_http(status: int) -> grpc.StatusCode:
     """The gRPC code for an HTTP error status (anything unlisted is INTERNAL)."""
-    return _HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
+    return grpc.StatusCode[grpc_code_of_http(status)]
 
 
 def is_retryable(error: grpc.RpcError) -> bool:

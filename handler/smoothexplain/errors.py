@@ -11,8 +11,10 @@
      ├── DeadlineExceeded                       the client gave up first    504 / DEADLINE_EXCEEDED
      └── InternalError                          anything unexpected           500 / INTERNAL
 
-Every adapter (TorchServe handler, gRPC client, REST client) maps errors through `status_of`, so the
-numbers live here only. gRPC codes are kept as names so this module does not import grpc.
+Every adapter (TorchServe handler, gRPC client, REST client) maps errors through `status_of`,
+and the clients translate between transports through `grpc_code_of_http` / `http_of_grpc_code`
+(which add what TorchServe's frontend answers by itself), so the numbers live here only. gRPC
+codes are kept as names so this module does not import grpc.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ __all__ = [
     "SmoothExplainError",
     "Unauthenticated",
     "UnsupportedMediaType",
+    "grpc_code_of_http",
+    "http_of_grpc_code",
     "status_of",
 ]
 
@@ -98,6 +102,37 @@ _TABLE: tuple[tuple[type[SmoothExplainError], ErrorStatus], ...] = (
     (DeadlineExceeded, ErrorStatus(504, "DEADLINE_EXCEEDED")),
     (InternalError, ErrorStatus(500, "INTERNAL")),
 )
+
+
+# What the platform in front of the handler answers by itself (TorchServe's frontend, the
+# network), for the clients' translation between transports. Where a status means something
+# else there than in _TABLE, the platform's reading wins for HTTP → gRPC (a bare 503 is
+# TorchServe's "no worker", UNAVAILABLE) and _TABLE's for gRPC → HTTP.
+_PLATFORM: tuple[ErrorStatus, ...] = (
+    ErrorStatus(403, "PERMISSION_DENIED"),
+    ErrorStatus(404, "NOT_FOUND"),
+    ErrorStatus(408, "DEADLINE_EXCEEDED"),
+    # TorchServe's max_request_size; gRPC reports an oversized message as RESOURCE_EXHAUSTED,
+    # so both transports give the same code for the same oversized input.
+    ErrorStatus(413, "RESOURCE_EXHAUSTED"),
+    ErrorStatus(429, "RESOURCE_EXHAUSTED"),
+    ErrorStatus(501, "UNIMPLEMENTED"),
+    ErrorStatus(502, "UNAVAILABLE"),
+    ErrorStatus(503, "UNAVAILABLE"),
+)
+_OURS = tuple(status for _, status in _TABLE)
+_GRPC_OF_HTTP = {s.http: s.grpc for s in (*_OURS, *_PLATFORM)}
+_HTTP_OF_GRPC = {s.grpc: s.http for s in (*reversed(_PLATFORM), *reversed(_OURS))}
+
+
+def grpc_code_of_http(http_status: int) -> str:
+    """The gRPC code name for an HTTP error status (anything unlisted is INTERNAL)."""
+    return _GRPC_OF_HTTP.get(http_status, "INTERNAL")
+
+
+def http_of_grpc_code(code: str) -> int:
+    """The HTTP status for a gRPC code name (anything unlisted is 500)."""
+    return _HTTP_OF_GRPC.get(code, 500)
 
 
 def status_of(error: BaseException) -> ErrorStatus:

@@ -32,6 +32,7 @@ from smoothexplain.client import (
     ExplainError,
     SmoothExplainClient,
     Transport,
+    _http_for,
     attribution,
     resolve_token,
     status_for_http,
@@ -313,6 +314,23 @@ def test_torchserve_errors_over_rest(servers: Servers) -> None:
 )
 def test_http_status_to_grpc_code(status: int, code: grpc.StatusCode) -> None:
     assert status_for_http(status) is code
+
+
+def test_every_error_of_the_table_round_trips_between_transports() -> None:
+    """The clients' translation is errors.py's table: each of our errors' gRPC code maps back
+    to an HTTP status of its class (415 and 400 share INVALID_ARGUMENT), and its HTTP status to
+    its code (a bare 503 reads UNAVAILABLE, as TorchServe answers it; RESOURCE_EXHAUSTED comes
+    with our Response.error)."""
+    from smoothexplain import errors
+
+    kinds = [getattr(errors, name) for name in errors.__all__]
+    for kind in kinds:
+        if isinstance(kind, type) and issubclass(kind, errors.SmoothExplainError):
+            status = errors.status_of(kind("x"))
+            back = errors.http_of_grpc_code(status.grpc)
+            assert back // 100 == status.http // 100, kind
+            assert _http_for(grpc.StatusCode[status.grpc]) == back, kind
+            assert status_for_http(status.http).name in (status.grpc, "UNAVAILABLE"), kind
 
 
 def test_unreachable_server_is_unavailable(servers: Servers) -> None:
