@@ -1,4 +1,5 @@
-"""README tables for the sample-efficiency and mixed-precision results (issue 7 items 4 and 5)."""
+"""Tables (docs/benchmarks.md) for the sample-efficiency and mixed-precision results
+(issue 7 items 4 and 5)."""
 
 from __future__ import annotations
 

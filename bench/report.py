@@ -1,4 +1,4 @@
-"""Render bench/results/*.json into the README between `<!-- bench:NAME -->` markers, and each
+"""Render bench/results/*.json into the docs between `<!-- bench:NAME -->` markers, and each
 result into a plot beside it (bench/results/NAME.png)."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tables import RENDERERS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"  # docs/benchmarks.md and docs/methods.md hold the markers
 DEVICES = ("cpu", "cuda")
 # Every result is bench/results/NAME-DEVICE.json with a table and a plot beside it.
 Record = dict[str, Any]
@@ -34,22 +35,29 @@ def _fill(text: str, name: str, table: str) -> str:
     return pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)
 
 
+def _fill_everywhere(pages: dict[Path, str], name: str, table: str) -> None:
+    """`_fill` in whichever page holds the `name` markers."""
+    for path, text in pages.items():
+        if f"<!-- bench:{name} -->" in text:
+            pages[path] = _fill(text, name, table)
+
+
 def main() -> int:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    pages = {path: path.read_text() for path in (ROOT / "README.md", *sorted(DOCS.glob("*.md")))}
     for base, (render, plot) in TABLES.items():
         for device in DEVICES:
             name = f"{base}-{device}"
             path = RESULTS / f"{name}.json"
             if path.is_file():
                 record = json.loads(path.read_text())
-                text = _fill(text, name, render(record))
+                _fill_everywhere(pages, name, render(record))
                 plot(record, RESULTS / f"{name}.png")
     # Smoothed-IG sampling counts passes, not seconds: one result, plotted by its benchmark.
     path = RESULTS / "ig-sampling.json"
     if path.is_file():
-        text = _fill(text, "ig-sampling", ig_sampling_table(json.loads(path.read_text())))
-    readme.write_text(text)
+        _fill_everywhere(pages, "ig-sampling", ig_sampling_table(json.loads(path.read_text())))
+    for page, text in pages.items():
+        page.write_text(text)
     return 0
 
 

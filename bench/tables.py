@@ -1,7 +1,7 @@
 """Markdown tables for the performance benchmarks (engine, fusion, memory, serving).
 
 Each renderer takes one result record (bench/results/NAME-DEVICE.json) and returns the text
-that `report.py` puts between `<!-- bench:NAME-DEVICE -->` markers in the README.
+that `report.py` puts between `<!-- bench:NAME-DEVICE -->` markers in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -112,7 +112,7 @@ def explain(
     precision: str = "fp32",
     memory_budget: int | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Smoothed attributions of `model`'s score for `target` at each input (see the README).
+    """Smoothed attributions of `model`'s score for `target` at each input (docs/api.md).
 
     Returns a float32 tensor shaped like `inputs`, or `(attributions, delta)` with `delta` of
     shape (N,) when `return_convergence_delta` is set. Raises `InvalidArgument` (a ValueError)
