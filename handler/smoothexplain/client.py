@@ -45,6 +45,7 @@ from ._proto.torchserve import inference_pb2, inference_pb2_grpc
 from .codec import GRPC_KEY, message_to_tensor, tensor_to_message
 from .errors import InvalidArgument, grpc_code_of_http, http_of_grpc_code
 from .local_server import read_record
+from .options import ENUM_OPTIONS, enum_to_proto
 
 __all__ = [
     "KEY_FILE_ENV",
@@ -252,18 +253,6 @@ def resolve_token(
 # -- request building -------------------------------------------------------------------------
 
 
-def _enum(field: str, value: object, enum: Any, prefix: str) -> int:
-    """'integrated_gradients' → METHOD_INTEGRATED_GRADIENTS; None → the UNSPECIFIED default."""
-    if value is None:
-        return 0
-    names: list[str] = [n for n in enum.keys() if not n.endswith("_UNSPECIFIED")]  # noqa: SIM118
-    allowed = [n.removeprefix(prefix).lower() for n in names]
-    if not isinstance(value, str) or value not in allowed:
-        raise InvalidArgument(f"{field} must be one of {allowed}, got {value!r}", field=field)
-    number: int = enum.Value(prefix + value.upper())
-    return number
-
-
 def _input(image: bytes | torch.Tensor) -> pb.Input:
     if isinstance(image, bytes | bytearray | memoryview):
         if not image:
@@ -293,16 +282,6 @@ def _set(message: Any, name: str, value: object, field: str) -> None:
         raise InvalidArgument(f"{field}: {error}", field=field) from None
 
 
-_ENUM_OPTIONS: tuple[tuple[str, Any, str], ...] = (
-    ("method", pb.Method, "METHOD_"),
-    ("nt_type", pb.NtType, "NT_TYPE_"),
-    ("noise", pb.Noise, "NOISE_"),
-    ("ig_rule", pb.IgRule, "IG_RULE_"),
-    ("ig_sampling", pb.IgSampling, "IG_SAMPLING_"),
-    ("noise_sampling", pb.NoiseSampling, "NOISE_SAMPLING_"),
-    ("precision", pb.Precision, "PRECISION_"),
-    ("encoding", pb.Encoding, "ENCODING_"),
-)
 _SCALAR_OPTIONS = (
     "nt_samples",
     "stdevs",
@@ -319,8 +298,8 @@ _SCALAR_OPTIONS = (
 def _options(values: Mapping[str, object]) -> pb.ExplainOptions:
     """ExplainOptions from the keyword arguments of `SmoothExplainClient.explain`."""
     options = pb.ExplainOptions()
-    for name, enum, prefix in _ENUM_OPTIONS:
-        setattr(options, name, _enum(f"options.{name}", values[name], enum, prefix))
+    for name in ENUM_OPTIONS:
+        setattr(options, name, enum_to_proto(name, values[name]))
     for name in _SCALAR_OPTIONS:
         _set(options, name, values[name], f"options.{name}")
     return options

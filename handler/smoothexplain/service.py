@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
 
 import torch
 
@@ -44,6 +43,7 @@ from .errors import (
 from .heatmap import heatmap_png
 from .memory import serving_memory_budget
 from .metrics import ServiceMetrics
+from .options import enum_from_proto, enum_to_proto
 from .spec import MAX_SEED, ExplainSpec, Method, finite_float32, make_spec
 
 __all__ = ["ExplainService", "Incoming", "Outgoing"]
@@ -84,18 +84,6 @@ class _Work:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def _enum_value(value: int, enum: Any, prefix: str, field_name: str) -> str | None:
-    """'METHOD_INTEGRATED_GRADIENTS' → 'integrated_gradients'; None for UNSPECIFIED."""
-    try:
-        name: str = enum.Name(value)
-    except ValueError:
-        allowed = [n for n in enum.keys() if not n.endswith("UNSPECIFIED")]  # noqa: SIM118
-        raise InvalidArgument(
-            f"{field_name} must be one of {allowed}, got {value}", field=field_name
-        ) from None
-    return None if name.endswith("_UNSPECIFIED") else name.removeprefix(prefix).lower()
 
 
 class ExplainService:
@@ -304,38 +292,25 @@ class ExplainService:
                 f"limit max_n_steps), got {n_steps}",
                 field="options.n_steps",
             )
-        method = _enum_value(options.method, pb.Method, "METHOD_", "options.method")
+        method = enum_from_proto("method", options.method)
         try:
             spec = make_spec(
                 method=method or d.method,
-                nt_type=_enum_value(options.nt_type, pb.NtType, "NT_TYPE_", "options.nt_type")
-                or d.nt_type,
-                noise=_enum_value(options.noise, pb.Noise, "NOISE_", "options.noise") or d.noise,
+                nt_type=enum_from_proto("nt_type", options.nt_type) or d.nt_type,
+                noise=enum_from_proto("noise", options.noise) or d.noise,
                 nt_samples=nt_samples,
                 stdevs=options.stdevs if options.HasField("stdevs") else None,
                 sigma=options.sigma if options.HasField("sigma") else d.sigma,
                 bounds=self.bounds,
                 confidence=options.confidence if options.HasField("confidence") else d.confidence,
                 n_steps=n_steps,
-                ig_rule=_enum_value(options.ig_rule, pb.IgRule, "IG_RULE_", "options.ig_rule")
-                or d.ig_rule,
+                ig_rule=enum_from_proto("ig_rule", options.ig_rule) or d.ig_rule,
                 return_convergence_delta=options.return_convergence_delta,
-                ig_sampling=_enum_value(
-                    options.ig_sampling, pb.IgSampling, "IG_SAMPLING_", "options.ig_sampling"
-                )
-                or d.ig_sampling,
-                noise_sampling=_enum_value(
-                    options.noise_sampling,
-                    pb.NoiseSampling,
-                    "NOISE_SAMPLING_",
-                    "options.noise_sampling",
-                )
+                ig_sampling=enum_from_proto("ig_sampling", options.ig_sampling) or d.ig_sampling,
+                noise_sampling=enum_from_proto("noise_sampling", options.noise_sampling)
                 or d.noise_sampling,
                 tolerance=options.tolerance if options.HasField("tolerance") else None,
-                precision=_enum_value(
-                    options.precision, pb.Precision, "PRECISION_", "options.precision"
-                )
-                or d.precision,
+                precision=enum_from_proto("precision", options.precision) or d.precision,
             )
         except InvalidArgument as error:
             if error.field.startswith("options."):  # an enum above, already named in full
@@ -347,7 +322,7 @@ class ExplainService:
                 f"the server limit max_rows={limits.max_rows}",
                 field="options.nt_samples",
             )
-        _enum_value(options.encoding, pb.Encoding, "ENCODING_", "options.encoding")
+        enum_from_proto("encoding", options.encoding)
         return spec
 
     def _predict(self, works: list[_Work]) -> None:
@@ -680,29 +655,31 @@ def _applied(
 ) -> pb.ExplainOptions:
     """The request's options with every default filled in, as the engine ran them."""
     applied = pb.ExplainOptions(
-        method=pb.Method.Value(f"METHOD_{spec.method.value.upper()}"),
-        nt_type=pb.NtType.Value(f"NT_TYPE_{spec.nt_type.value.upper()}"),
-        noise=pb.Noise.Value(f"NOISE_{spec.noise.value.upper()}"),
         nt_samples=spec.nt_samples,
         sigma=spec.sigma,
         confidence=spec.confidence,
         seed=seed,
         return_convergence_delta=spec.return_convergence_delta,
         encoding=encoding,
-        noise_sampling=pb.NoiseSampling.Value(
-            f"NOISE_SAMPLING_{spec.noise_sampling.value.upper()}"
-        ),
-        precision=pb.Precision.Value(f"PRECISION_{spec.precision.value.upper()}"),
     )
+    enums = {
+        "method": spec.method.value,
+        "nt_type": spec.nt_type.value,
+        "noise": spec.noise.value,
+        "noise_sampling": spec.noise_sampling.value,
+        "precision": spec.precision.value,
+    }
+    if spec.method is Method.INTEGRATED_GRADIENTS:
+        enums["ig_rule"] = spec.ig_rule.value
+        enums["ig_sampling"] = "joint" if spec.joint_ig else "grid"  # plain IG: the grid
+    for name, value in enums.items():
+        setattr(applied, name, enum_to_proto(name, value))
     if spec.tolerance is not None:
         applied.tolerance = spec.tolerance
     if spec.stdevs is not None:
         applied.stdevs = spec.stdevs
     if spec.method is Method.INTEGRATED_GRADIENTS:
         applied.n_steps = spec.n_steps
-        applied.ig_rule = pb.IgRule.Value(f"IG_RULE_{spec.ig_rule.value.upper()}")
-        sampling = "joint" if spec.joint_ig else "grid"  # plain IG always runs the grid
-        applied.ig_sampling = pb.IgSampling.Value(f"IG_SAMPLING_{sampling.upper()}")
         if asked.HasField("baseline"):
             applied.baseline = asked.baseline
     return applied
