@@ -74,11 +74,8 @@ class CostModel:
     def measured(self, features: int, precision: str) -> bool:
         """Whether the rate `estimate` uses for this size and precision comes from a run (not
         only from a probe, nor borrowed from another precision)."""
-        sizes = self.rates.get(precision, {})
-        chosen = (
-            features if features in sizes else min((s for s in sizes if s > features), default=None)
-        )
-        return chosen is not None and sizes[chosen].measured
+        chosen = _chosen(self.rates.get(precision, {}), features)
+        return chosen is not None and chosen.measured
 
     def observe_setup(self, sampling: str, features: int, seconds: float) -> None:
         """One request's set-up under `sampling` took `seconds` for `features` features."""
@@ -113,12 +110,17 @@ class CostModel:
             known.seconds_per_unit = (1 - _SMOOTHING) * known.seconds_per_unit + _SMOOTHING * rate
 
 
-def _lookup(sizes: dict[int, _Rate], features: int) -> float | None:
-    """The rate of `features`, else of the nearest larger size known, else None."""
+def _chosen(sizes: dict[int, _Rate], features: int) -> _Rate | None:
+    """The rate kept for `features`, else for the nearest larger size known, else None."""
     if features in sizes:
-        return sizes[features].seconds_per_unit
+        return sizes[features]
     larger = [size for size in sizes if size > features]
-    return sizes[min(larger)].seconds_per_unit if larger else None
+    return sizes[min(larger)] if larger else None
+
+
+def _lookup(sizes: dict[int, _Rate], features: int) -> float | None:
+    chosen = _chosen(sizes, features)
+    return None if chosen is None else chosen.seconds_per_unit
 
 
 def _forget_oldest(sizes: dict[int, _Rate]) -> None:

@@ -149,9 +149,9 @@ def is_retryable(error: grpc.RpcError) -> bool:
     """
     if isinstance(error, ExplainError):
         return error.retryable
-    code_of, details_of = getattr(error, "code", None), getattr(error, "details", None)
+    code_of = getattr(error, "code", None)
     code = code_of() if callable(code_of) else None
-    details = (details_of() if callable(details_of) else None) or ""
+    details = _details(error)
     if code is grpc.StatusCode.UNAVAILABLE:  # no worker, a full queue, no connection
         return True
     return code in _WORKER_DIED_GRPC and _WORKER_DIED in details
@@ -163,10 +163,14 @@ def is_retryable(error: grpc.RpcError) -> bool:
 _KEY_REFUSED = ("Token Authorization failed", "Token Authentication failed")
 
 
-def _key_refused(error: grpc.RpcError) -> bool:
+def _details(error: grpc.RpcError) -> str:
+    """The message of a gRPC error or an ExplainError ("" when it has none)."""
     details_of = getattr(error, "details", None)
-    details = (details_of() if callable(details_of) else None) or ""
-    return any(text in details for text in _KEY_REFUSED)
+    return (details_of() if callable(details_of) else None) or ""
+
+
+def _key_refused(error: grpc.RpcError) -> bool:
+    return any(text in _details(error) for text in _KEY_REFUSED)
 
 
 def _read_inference_key(path: Path) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Literal, Protocol
 
-__all__ = ["RENEWED_KINDS", "KeyRenewer", "seconds_left"]
+__all__ = ["RENEWED_KINDS", "KeyKind", "KeyRenewer", "seconds_left"]
 
 KeyKind = Literal["management", "inference"]
 RENEWED_KINDS: tuple[KeyKind, ...] = ("management", "inference")

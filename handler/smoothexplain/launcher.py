@@ -44,6 +44,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Literal, Self
 
+from .keyrotation import KeyKind
+
 REPO_ROOT: Final = Path(__file__).resolve().parents[2]  # handler/smoothexplain/launcher.py
 DEFAULT_BASE_CONFIG: Final = REPO_ROOT / "deploy" / "config.properties"
 
@@ -611,7 +613,7 @@ class TorchServeInstance:
         """gRPC call metadata carrying the inference token."""
         return (("authorization", f"Bearer {self.inference_token}"),)
 
-    def renew_key(self, kind: Literal["management", "inference"]) -> None:
+    def renew_key(self, kind: KeyKind) -> None:
         """A fresh `kind` key and expiry in key_file.json, through TorchServe's token API
         (``GET /token?type=...`` on the management port, authorised by the API key)."""
         req = urllib.request.Request(

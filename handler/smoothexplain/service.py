@@ -115,6 +115,7 @@ class ExplainService:
             refuse_over_budget=hard,
         )
         self.costs = CostModel()  # seconds per row-feature, for admission by cost
+        self._reprobed: set[int] = set()  # input sizes probed again before a refusal
 
     def probe_cost(self, rows: int = 2, shape: Sequence[int] | None = None) -> None:
         """Seed the cost model with two timed forward + backward calls on an input of `shape`
@@ -440,7 +441,9 @@ class ExplainService:
 
     def _estimate(self, work: _Work) -> float | None:
         """Estimated seconds of `work`'s explanation. One that a probe alone says is over a
-        bound is probed again first: a start-up probe under contention reads many times slow."""
+        bound is probed again first (once per input size, at request time, when start-up
+        contention is over): a start-up probe taken beside loading workers reads many times
+        slow."""
         assert work.inputs is not None and work.spec is not None
         spec, features = work.spec, work.inputs.numel()
         precision, sampling = spec.precision.value, spec.noise_sampling.value
@@ -448,7 +451,9 @@ class ExplainService:
         bound = self.config.limits.max_batch_seconds
         if self.response_timeout is not None:
             bound = min(bound, RESPONSE_TIMEOUT_SHARE * self.response_timeout)
-        if cost is not None and cost > bound and not self.costs.measured(features, precision):
+        unmeasured = not self.costs.measured(features, precision)
+        if cost is not None and cost > bound and unmeasured and features not in self._reprobed:
+            self._reprobed.add(features)  # once per size: a refused request teaches nothing
             self.probe_cost(shape=work.inputs.shape)
             cost = self.costs.estimate(spec.rows, features, precision, sampling)
         return cost

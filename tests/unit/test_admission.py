@@ -189,6 +189,18 @@ def test_an_explanation_dearer_than_a_batch_may_be_is_refused_before_any_row() -
     assert model.rows == 2 + 2 * 2 + 4
 
 
+def test_a_size_is_probed_again_once_not_on_every_refusal() -> None:
+    """Truly too dear requests of one size, sent again and again, cost one fresh probe in all
+    (two calls of 2 rows), not one per refusal."""
+    model = RowTimed(0.002)
+    service = _service(model, max_batch_seconds=1.0)
+    model.rows = 0
+    for _ in range(3):
+        (huge,) = _grpc(service, _request(500))
+        assert huge.error.field == "options.nt_samples"
+    assert model.rows == 3 * 1 + 2 * 2  # three predictions, one re-probe
+
+
 def test_a_probe_slowed_by_start_up_contention_refuses_nothing() -> None:
     """The start-up probe ran while other workers loaded and read 100 times slow: a request
     it would refuse is probed again first, and runs on the fresh figure."""
