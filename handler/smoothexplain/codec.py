@@ -463,7 +463,7 @@ def _check_float32_range(array: np.ndarray[Any, Any], field: str) -> None:
         finite = float(np.abs(array).max()) <= FLOAT32_MAX
     if not finite:
         raise InvalidArgument(
-            f"{field} contains NaN, Inf or values beyond float32 (|x| > {FLOAT32_MAX:.8g})",
+            f"{field} contains NaN, Inf or values beyond float32 (|x| > {FLOAT32_MAX!r})",
             field=field,
         )
 

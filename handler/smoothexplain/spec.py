@@ -182,7 +182,7 @@ def finite_float32(value: float, field: str) -> float:
     """
     if not (math.isfinite(value) and abs(value) <= FLOAT32_MAX):
         raise InvalidArgument(
-            f"{field} must be a finite float32 number (|x| <= {FLOAT32_MAX:.8g}), got {value!r}",
+            f"{field} must be a finite float32 number (|x| <= {FLOAT32_MAX!r}), got {value!r}",
             field=field,
         )
     return value
@@ -231,7 +231,7 @@ def _bounds(value: object) -> Bounds | None:
         ) from None
     if not all(bool((v.abs() <= FLOAT32_MAX).all()) for v in (low, high)):  # NaN fails too
         raise InvalidArgument(
-            f"bounds must be finite float32 numbers (|x| <= {FLOAT32_MAX:.8g})", field="bounds"
+            f"bounds must be finite float32 numbers (|x| <= {FLOAT32_MAX!r})", field="bounds"
         )
     try:
         ordered = bool((high > low).all())
