@@ -90,7 +90,7 @@ soak: install model
 
 # Explanation quality report: Quantus and matplotlib come with the dev extra (via `report`).
 report: install model
-	$(BIN)/python -m smoothexplain.quality.run --docs docs --cache artifacts/quality
+	PYTHONPATH=quality $(BIN)/python -m smoothexplain_quality.run --docs docs --cache artifacts/quality
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -26,10 +26,10 @@ from common import RESULTS, machine
 from lite0 import cat_png
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.config import parse_config
-from smoothexplain.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-from smoothexplain.models import load_labels, load_model
-from smoothexplain.service import ExplainService, Incoming
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from smoothexplain.serving.models import load_labels, load_model
+from smoothexplain.serving.service import ExplainService, Incoming
 
 MIB = 2**20
 # (method, nt_samples, n_steps): small first, then growing, then repeated (learned rates)

@@ -26,10 +26,10 @@ from common import (
     write,
 )
 
-from smoothexplain.allocator import keep_freed_memory
 from smoothexplain.engine import ExplainJob, Scheduler
 from smoothexplain.engine.pass_tuning import TRIALS
-from smoothexplain.spec import make_spec
+from smoothexplain.engine.spec import make_spec
+from smoothexplain.serving.allocator import keep_freed_memory
 
 
 def jobs(k: int, nt_samples: int, size: int, device: torch.device) -> list[ExplainJob]:

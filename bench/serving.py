@@ -58,11 +58,11 @@ from smoothexplain import explain
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
-from smoothexplain.allocator import keep_freed_memory
-from smoothexplain.codec import GRPC_KEY, image_to_tensor, message_to_tensor
-from smoothexplain.config import parse_config
 from smoothexplain.demo import load_model, render_sample
-from smoothexplain.launcher import TorchServeInstance
+from smoothexplain.ops.launcher import TorchServeInstance
+from smoothexplain.serving.allocator import keep_freed_memory
+from smoothexplain.serving.codec import GRPC_KEY, image_to_tensor, message_to_tensor
+from smoothexplain.serving.config import parse_config
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts" / "demo"

@@ -35,7 +35,7 @@ from smoothexplain.demo.efficientnet import pretrained_weights
 REPO = Path(__file__).resolve().parent.parent
 MODEL_FILE = Path(__file__).resolve().parent / "tv_resnet18.py"
 LITE0_MODEL_FILE = Path(__file__).resolve().parent / "ts_lite0.py"
-HANDLER = REPO / "handler" / "smoothexplain" / "ts_entry.py"
+HANDLER = REPO / "handler" / "smoothexplain" / "serving" / "ts_entry.py"
 TEMPLATE = REPO / "deploy" / "model-config.yaml"
 TORCHSERVE_KEYS = {
     "minWorkers": 1,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from smoothexplain.local_server import STATE_DIR_ENV
+from smoothexplain.protocol.local_server import STATE_DIR_ENV
 
 
 @pytest.fixture(scope="session", autouse=True)

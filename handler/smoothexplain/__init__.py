@@ -1,9 +1,25 @@
-"""smoothexplain: smoothed gradient explanations (SmoothGrad, VarGrad, AdaptGrad) for serving."""
+"""smoothexplain: smoothed gradient explanations (SmoothGrad, VarGrad, AdaptGrad) for serving.
 
-from .api import explain
-from .engine import ExplainJob, JobResult, Scheduler
-from .errors import InvalidArgument, SmoothExplainError
-from .spec import ExplainSpec, IgRule, Method, NoiseKind, NtType, make_spec
+The package is laid out in rooms that follow their dependencies (docs/layout.md):
+`protocol` (options, errors, wire format; no torch), `engine` (pure torch), `serving` (the
+data plane and the TorchServe adapter), `ops` (serve, launcher, probes), `client` (REST and gRPC
+client and CLI) and `demo`. The names below load lazily, so `import smoothexplain.client`
+needs neither torch nor TorchServe.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import _moved
+
+if TYPE_CHECKING:
+    from .engine import ExplainJob, JobResult, Scheduler
+    from .engine.api import explain
+    from .engine.spec import ExplainSpec, make_spec
+    from .protocol.errors import InvalidArgument, SmoothExplainError
+    from .protocol.options import IgRule, Method, NoiseKind, NtType
 
 __all__ = [
     "ExplainJob",
@@ -19,3 +35,32 @@ __all__ = [
     "explain",
     "make_spec",
 ]
+
+_WHERE = {
+    "ExplainJob": "engine",
+    "JobResult": "engine",
+    "Scheduler": "engine",
+    "explain": "engine.api",
+    "ExplainSpec": "engine.spec",
+    "make_spec": "engine.spec",
+    "InvalidArgument": "protocol.errors",
+    "SmoothExplainError": "protocol.errors",
+    "IgRule": "protocol.options",
+    "Method": "protocol.options",
+    "NoiseKind": "protocol.options",
+    "NtType": "protocol.options",
+}
+
+_moved.install()
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

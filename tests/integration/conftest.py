@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from smoothexplain.launcher import TorchServeInstance
+from smoothexplain.ops.launcher import TorchServeInstance
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "artifacts" / "demo"
 TEMPLATE = REPO_ROOT / "deploy" / "model-config.yaml"
-HANDLER = REPO_ROOT / "handler" / "smoothexplain" / "ts_entry.py"
+HANDLER = REPO_ROOT / "handler" / "smoothexplain" / "serving" / "ts_entry.py"
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from typing import Any, Self
 import yaml
 from aptget import ensure
 
-from smoothexplain.launcher import free_port
+from smoothexplain.ops.launcher import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy" / "prometheus"

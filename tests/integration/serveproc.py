@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from smoothexplain.launcher import free_ports
+from smoothexplain.ops.launcher import free_ports
 
 PORT_FLAGS = ("inference", "management", "metrics", "grpc-inference", "grpc-management", "exporter")
 
 
 class ServeProcess:
-    """`python -m smoothexplain.cli serve` on free loopback ports, its files under `workdir`."""
+    """`python -m smoothexplain.client.cli serve` on free loopback ports, files under `workdir`."""
 
     def __init__(
         self, workdir: Path, store: Path, models: Sequence[str], extra: Sequence[str] = ()
@@ -36,7 +36,7 @@ class ServeProcess:
         return [
             sys.executable,
             "-m",
-            "smoothexplain.cli",
+            "smoothexplain.client.cli",
             "serve",
             "--workdir",
             str(self.workdir),

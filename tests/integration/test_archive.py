@@ -19,8 +19,8 @@ import pytest
 import torch
 from serveproc import ServeProcess
 
-from smoothexplain.cli import main as cli_main
-from smoothexplain.client import SmoothExplainClient, attribution
+from smoothexplain.client.cli import main as cli_main
+from smoothexplain.client.remote import SmoothExplainClient, attribution
 from smoothexplain.demo.lite0 import NAME as LITE0
 from smoothexplain.demo.lite0 import main as lite0_main
 
@@ -167,7 +167,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _archive(store: Path, name: str, *args: str) -> tuple[int, str]:
     """`smoothexplain archive` as a user runs it: its own process, exit status and output."""
     done = subprocess.run(
-        [sys.executable, "-m", "smoothexplain.cli", "archive", name, "--store", str(store), *args],
+        [
+            sys.executable,
+            "-m",
+            "smoothexplain.client.cli",
+            "archive",
+            name,
+            "--store",
+            str(store),
+            *args,
+        ],
         capture_output=True,
         text=True,
         check=False,

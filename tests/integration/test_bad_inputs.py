@@ -25,8 +25,8 @@ from reliability.payloads import MARK, sample_png
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
-from smoothexplain.codec import GRPC_KEY, message_to_tensor
-from smoothexplain.launcher import TorchServeInstance
+from smoothexplain.ops.launcher import TorchServeInstance
+from smoothexplain.serving.codec import GRPC_KEY, message_to_tensor
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from conftest import shapes_server
 from reliability.expected import LocalEngine
 from reliability.loadgen import LoadPlan, run_load, verify
 
-from smoothexplain.launcher import TorchServeInstance
+from smoothexplain.ops.launcher import TorchServeInstance
 
 pytestmark = pytest.mark.integration
 

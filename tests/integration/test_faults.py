@@ -17,7 +17,7 @@ from reliability import scenarios
 from reliability.expected import LocalEngine
 from reliability.faults import build_fault_store
 
-from smoothexplain.launcher import TorchServeInstance
+from smoothexplain.ops.launcher import TorchServeInstance
 
 pytestmark = pytest.mark.integration
 

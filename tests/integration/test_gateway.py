@@ -29,9 +29,9 @@ from tlscert import self_signed
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
-from smoothexplain.codec import GRPC_KEY
 from smoothexplain.demo import render_sample
-from smoothexplain.launcher import free_port
+from smoothexplain.ops.launcher import free_port
+from smoothexplain.serving.codec import GRPC_KEY
 
 pytestmark = pytest.mark.integration
 

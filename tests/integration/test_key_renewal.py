@@ -17,7 +17,7 @@ from conftest import build_store
 from reliability.payloads import sample_png
 from serveproc import ServeProcess
 
-from smoothexplain.client import SmoothExplainClient
+from smoothexplain.client.remote import SmoothExplainClient
 
 pytestmark = pytest.mark.integration
 

@@ -13,8 +13,8 @@ from reliability.expected import LocalEngine
 from reliability.loadgen import LoadPlan, LoadReport, percentile, run_load, verify
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.codec import message_to_tensor, tensor_to_message
-from smoothexplain.launcher import TorchServeInstance
+from smoothexplain.ops.launcher import TorchServeInstance
+from smoothexplain.serving.codec import message_to_tensor, tensor_to_message
 
 pytestmark = pytest.mark.integration
 

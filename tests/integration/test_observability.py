@@ -26,7 +26,7 @@ from promserver import PrometheusServer
 from serveproc import ServeProcess
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.client import ExplainError, SmoothExplainClient
+from smoothexplain.client.remote import ExplainError, SmoothExplainClient
 from smoothexplain.demo import render_sample
 
 pytestmark = pytest.mark.integration

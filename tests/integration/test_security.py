@@ -24,8 +24,8 @@ from reliability.payloads import sample_png
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
-from smoothexplain.codec import GRPC_KEY, tensor_to_message
-from smoothexplain.launcher import TorchServeInstance, is_loopback
+from smoothexplain.ops.launcher import TorchServeInstance, is_loopback
+from smoothexplain.serving.codec import GRPC_KEY, tensor_to_message
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +135,7 @@ def test_every_listening_socket_is_loopback(server: TorchServeInstance) -> None:
 
 
 def test_the_shipped_config_binds_loopback_only() -> None:
-    text = (REPO_ROOT / "deploy" / "config.properties").read_text()
+    text = (REPO_ROOT / "handler" / "smoothexplain" / "ops" / "config.properties").read_text()
     addresses = dict(re.findall(r"^(\w+_address)=(.*)$", text, flags=re.MULTILINE))
     assert set(addresses) == {
         "inference_address",

@@ -20,11 +20,11 @@ from smoothexplain import explain
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
-from smoothexplain.client import ExplainError, SmoothExplainClient, attribution
-from smoothexplain.codec import GRPC_KEY, image_to_tensor, message_to_tensor
-from smoothexplain.config import parse_config
+from smoothexplain.client.remote import ExplainError, SmoothExplainClient, attribution
 from smoothexplain.demo import load_model, render_sample
-from smoothexplain.launcher import TorchServeInstance
+from smoothexplain.ops.launcher import TorchServeInstance
+from smoothexplain.serving.codec import GRPC_KEY, image_to_tensor, message_to_tensor
+from smoothexplain.serving.config import parse_config
 
 pytestmark = pytest.mark.integration
 

@@ -31,11 +31,11 @@ from reliability.payloads import sample_png
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
-from smoothexplain.codec import GRPC_KEY
-from smoothexplain.exporter import Exporter
-from smoothexplain.launcher import TorchServeInstance, free_port
-from smoothexplain.serve import server_probes
-from smoothexplain.watchdog import Watchdog, lost_models, unserved_models
+from smoothexplain.ops.exporter import Exporter
+from smoothexplain.ops.launcher import TorchServeInstance, free_port
+from smoothexplain.ops.serve import server_probes
+from smoothexplain.ops.watchdog import Watchdog, lost_models, unserved_models
+from smoothexplain.serving.codec import GRPC_KEY
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,10 @@ break them.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import grpc
 import pytest
@@ -21,8 +23,10 @@ from tlscert import self_signed
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
-from smoothexplain.codec import GRPC_KEY
+from smoothexplain.client import SmoothExplainClient, attribution
+from smoothexplain.client.cli import main as cli_main
 from smoothexplain.demo import render_sample
+from smoothexplain.serving.codec import GRPC_KEY
 
 pytestmark = pytest.mark.integration
 
@@ -130,3 +134,46 @@ def test_rotating_the_inference_key(serve: ServeProcess, tls: tuple[Path, Path])
     assert _rest_explain(serve, cert, new).status_code == 200
     ready = requests.get(serve.endpoints["ready"], verify=str(cert), timeout=10)
     assert ready.status_code == 200
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_the_typed_client_speaks_tls_and_verifies_the_certificate(
+    serve: ServeProcess, tls: tuple[Path, Path], transport: Literal["grpc", "rest"]
+) -> None:
+    cert, _ = tls
+    rest, grpc_port = serve.ports["inference"], serve.ports["grpc-inference"]
+    ports: dict[str, Any] = {"host": "127.0.0.1", "rest_port": rest, "grpc_port": grpc_port}
+    token = serve.keys()["inference"]["key"]
+    with SmoothExplainClient(
+        transport=transport, token=token, tls=True, root_certificates=cert, **ports
+    ) as client:
+        answer = client.explain("shapes", _png(), nt_samples=4, seed=3)
+    assert answer.options.seed == 3 and tuple(attribution(answer).shape) == (3, 64, 64)
+    with (
+        SmoothExplainClient(transport=transport, token=token, tls=True, **ports) as untrusting,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        untrusting.explain("shapes", _png(), nt_samples=4)  # self-signed: not in system roots
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_the_cli_takes_tls_flags(
+    serve: ServeProcess, tls: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cert, _ = tls
+    image = tmp_path / "in.png"
+    image.write_bytes(_png())
+    key_file = tmp_path / "key_file.json"
+    key_file.write_text(json.dumps({"inference": {"key": serve.keys()["inference"]["key"]}}))
+    code = cli_main(
+        [
+            "explain", str(image), "--model", "shapes", "--transport", "rest",
+            "--host", "127.0.0.1", "--rest-port", str(serve.ports["inference"]),
+            "--grpc-port", str(serve.ports["grpc-inference"]), "--token-file", str(key_file),
+            "--tls-ca", str(cert), "--nt-samples", "4",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    with pytest.raises(SystemExit) as missing:
+        cli_main(["explain", str(image), "--model", "shapes", "--tls-ca"])
+    assert missing.value.code == 2

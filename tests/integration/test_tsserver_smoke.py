@@ -25,7 +25,7 @@ import pytest
 grpc = pytest.importorskip("grpc")
 requests = pytest.importorskip("requests")
 
-from smoothexplain.launcher import TorchServeInstance, is_loopback  # noqa: E402
+from smoothexplain.ops.launcher import TorchServeInstance, is_loopback  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.admission import COST_MARGIN, MAX_SIZES, CostModel, admit_cheapest_first
-from smoothexplain.codec import tensor_to_message
-from smoothexplain.config import parse_config
 from smoothexplain.engine import ExplainJob, SchedulerStats
-from smoothexplain.errors import InvalidArgument
-from smoothexplain.metrics import ServiceMetrics
-from smoothexplain.service import ExplainService, Incoming, Outgoing, _learn_cost
-from smoothexplain.spec import make_spec
+from smoothexplain.engine.spec import make_spec
+from smoothexplain.protocol.errors import InvalidArgument
+from smoothexplain.serving.admission import COST_MARGIN, MAX_SIZES, CostModel, admit_cheapest_first
+from smoothexplain.serving.codec import tensor_to_message
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.metrics import ServiceMetrics
+from smoothexplain.serving.service import ExplainService, Incoming, Outgoing, _learn_cost
 
 from .analytic import small_cnn
 

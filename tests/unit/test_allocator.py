@@ -12,7 +12,7 @@ import pytest
 ROUNDS = """
 import resource, sys, torch
 if sys.argv[1] == "keep":
-    from smoothexplain.allocator import keep_freed_memory
+    from smoothexplain.serving.allocator import keep_freed_memory
     assert keep_freed_memory()
 def allocate_and_free():
     blocks = [torch.ones(1024 * 1024) for _ in range(25)]
@@ -46,8 +46,8 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again() -> None:
 
 
 def test_the_worker_applies_it_unless_the_config_says_no() -> None:
-    from smoothexplain.config import parse_config
-    from smoothexplain.errors import InvalidArgument
+    from smoothexplain.protocol.errors import InvalidArgument
+    from smoothexplain.serving.config import parse_config
 
     base = {"model_class": "tests.unit.analytic:small_cnn"}
     assert parse_config(base).keep_freed_memory is True

@@ -25,8 +25,8 @@ from PIL import Image
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2, inference_pb2_grpc
-from smoothexplain.cli import build_parser, main
-from smoothexplain.client import (
+from smoothexplain.client.cli import build_parser, main
+from smoothexplain.client.remote import (
     KEY_FILE_ENV,
     TOKEN_ENV,
     ExplainError,
@@ -37,12 +37,12 @@ from smoothexplain.client import (
     resolve_token,
     status_for_http,
 )
-from smoothexplain.codec import GRPC_KEY
-from smoothexplain.config import parse_config
-from smoothexplain.errors import InvalidArgument
-from smoothexplain.local_server import STATE_DIR_ENV
-from smoothexplain.service import ExplainService, Incoming
-from smoothexplain.spec import Method
+from smoothexplain.engine.spec import Method
+from smoothexplain.protocol.errors import InvalidArgument
+from smoothexplain.protocol.local_server import STATE_DIR_ENV
+from smoothexplain.serving.codec import GRPC_KEY
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.service import ExplainService, Incoming
 
 from .analytic import small_cnn
 from .fake_frontends import JsonHandler, serving_grpc, serving_http
@@ -541,8 +541,8 @@ def test_the_overlay_is_cut_as_the_response_says_the_server_cut_it(tmp_path: Pat
     from PIL import Image
 
     from smoothexplain import cli
-    from smoothexplain.codec import tensor_to_message
-    from smoothexplain.heatmap import overlay_png
+    from smoothexplain.protocol.heatmap import overlay_png
+    from smoothexplain.serving.codec import tensor_to_message
 
     gradient = np.tile(np.arange(300, dtype=np.uint8)[None, :, None], (200, 1, 3))
     buffer = io.BytesIO()

@@ -23,8 +23,8 @@ from google.protobuf import json_format
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2, inference_pb2_grpc
-from smoothexplain.cli import build_parser, main
-from smoothexplain.client import (
+from smoothexplain.client.cli import build_parser, main
+from smoothexplain.client.remote import (
     KEY_FILE_ENV,
     RETRY_BACKOFF_S,
     TOKEN_ENV,
@@ -33,9 +33,9 @@ from smoothexplain.client import (
     Transport,
     is_retryable,
 )
-from smoothexplain.codec import GRPC_KEY, tensor_to_message
-from smoothexplain.errors import InvalidArgument
-from smoothexplain.local_server import STATE_DIR_ENV
+from smoothexplain.protocol.errors import InvalidArgument
+from smoothexplain.protocol.local_server import STATE_DIR_ENV
+from smoothexplain.serving.codec import GRPC_KEY, tensor_to_message
 
 from .fake_frontends import JsonHandler, serving_grpc, serving_http
 

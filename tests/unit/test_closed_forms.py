@@ -17,7 +17,7 @@ import torch
 
 from smoothexplain import explain
 from smoothexplain.engine.quadrature import path_points
-from smoothexplain.spec import IgRule
+from smoothexplain.engine.spec import IgRule
 
 from .analytic import PolyScores, ReluSquare
 

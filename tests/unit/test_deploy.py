@@ -22,7 +22,7 @@ from yamllint import linter
 from yamllint.cli import find_files_recursively
 from yamllint.config import YamlLintConfig
 
-from smoothexplain.cli import build_parser
+from smoothexplain.client.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 K8S, KSERVE = REPO / "deploy" / "k8s", REPO / "deploy" / "kserve"

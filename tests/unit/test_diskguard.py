@@ -8,7 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from smoothexplain.diskguard import FILE_KINDS, RESERVED_BYTES, reserve_multiprocess_files
+from smoothexplain.serving.diskguard import FILE_KINDS, RESERVED_BYTES, reserve_multiprocess_files
 
 
 def test_every_file_of_the_process_is_allocated(tmp_path: Path) -> None:
@@ -33,7 +33,7 @@ def test_prometheus_client_writes_into_and_reads_back_reserved_files(tmp_path: P
     script = textwrap.dedent(
         """
         import os
-        from smoothexplain.diskguard import reserve_multiprocess_files
+        from smoothexplain.serving.diskguard import reserve_multiprocess_files
         assert reserve_multiprocess_files(os.environ["PROMETHEUS_MULTIPROC_DIR"], os.getpid())
         from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
         from prometheus_client.multiprocess import MultiProcessCollector

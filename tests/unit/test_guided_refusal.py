@@ -13,10 +13,10 @@ from torch import nn
 import smoothexplain
 from smoothexplain import explain
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.budget import Budgeted
-from smoothexplain.codec import message_to_tensor, tensor_to_message
-from smoothexplain.config import parse_config
-from smoothexplain.service import ExplainService, Incoming
+from smoothexplain.serving.budget import Budgeted
+from smoothexplain.serving.codec import message_to_tensor, tensor_to_message
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.service import ExplainService, Incoming
 
 from .guided_models import KINDS, cnn, inputs, quiet_script, quiet_trace
 

@@ -19,11 +19,11 @@ import torch
 
 from smoothexplain import ExplainJob, InvalidArgument, Scheduler, explain, make_spec
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.cli import main
-from smoothexplain.client import SmoothExplainClient
-from smoothexplain.codec import tensor_to_message
+from smoothexplain.client.cli import main
+from smoothexplain.client.remote import SmoothExplainClient
 from smoothexplain.engine.joint import joint_alphas
-from smoothexplain.service import ExplainService, Incoming
+from smoothexplain.serving.codec import tensor_to_message
+from smoothexplain.serving.service import ExplainService, Incoming
 
 from .analytic import PolyScores, small_cnn
 
@@ -260,7 +260,7 @@ def test_ig_sampling_is_validated(bad: object) -> None:
 
 
 def _service() -> ExplainService:
-    from smoothexplain.config import parse_config
+    from smoothexplain.serving.config import parse_config
 
     config = parse_config(
         {
@@ -310,7 +310,7 @@ def test_service_runs_and_echoes_joint_sampling() -> None:
     unset.options.method = pb.METHOD_INTEGRATED_GRADIENTS
     (default,) = service.handle([Incoming(unset.SerializeToString(), from_grpc=True)])
     applied = pb.Response.FromString(default.body).options  # type: ignore[arg-type]
-    configured = service.config.defaults.ig_sampling.upper()
+    configured = str(service.config.defaults["ig_sampling"]).upper()
     assert applied.ig_sampling == pb.IgSampling.Value(f"IG_SAMPLING_{configured}")
 
 
@@ -327,6 +327,6 @@ def test_client_and_cli_send_ig_sampling(monkeypatch: pytest.MonkeyPatch) -> Non
         with pytest.raises(InvalidArgument) as err:
             client.explain("m", torch.zeros(3, 2, 2), ig_sampling="nested")
     assert err.value.field == "options.ig_sampling"
-    monkeypatch.setattr("smoothexplain.cli._read_image", lambda name: b"png")
+    monkeypatch.setattr("smoothexplain.client.cli._read_image", lambda name: b"png")
     assert main(["explain", "x.png", "--model", "m", "--ig-sampling", "grid"]) == 0
     assert [r.options.ig_sampling for r in sent] == [pb.IG_SAMPLING_JOINT, pb.IG_SAMPLING_GRID]

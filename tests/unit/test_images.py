@@ -20,11 +20,16 @@ from PIL import Image, ImageFile
 from skimage import data as photographs
 from torchvision import transforms
 
-from smoothexplain.cli import _image_like
-from smoothexplain.codec import decode_request, image_to_tensor
-from smoothexplain.config import Limits, Preprocess
-from smoothexplain.errors import InvalidArgument, LimitExceeded, UnsupportedMediaType, status_of
-from smoothexplain.images import image_format, load_image, resize_crop
+from smoothexplain.client.cli import _image_like
+from smoothexplain.protocol.errors import (
+    InvalidArgument,
+    LimitExceeded,
+    UnsupportedMediaType,
+    status_of,
+)
+from smoothexplain.protocol.images import image_format, load_image, resize_crop
+from smoothexplain.serving.codec import decode_request, image_to_tensor
+from smoothexplain.serving.config import Limits, Preprocess
 
 LIMITS = Limits()
 IMAGENET = Preprocess()  # resize 256, crop 224, ImageNet mean and std
@@ -456,3 +461,27 @@ def test_the_overlay_crops_as_the_server_when_told_the_preprocess() -> None:
 def test_the_overlay_names_the_image_argument_when_it_cannot_decode() -> None:
     with pytest.raises(UnsupportedMediaType, match="IMAGE must be PNG, JPEG or WebP"):
         _image_like(_encode(_noise(8, 8), "GIF"), torch.zeros(3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "resize", "size"),
+    [
+        (640, 480, 256, 224),
+        (480, 640, 256, 224),
+        (300, 300, 256, 224),
+        (97, 31, 40, 60),
+        (5, 9, 7, 8),
+    ],
+)
+def test_resize_crop_matches_torchvision_pixel_for_pixel(
+    width: int, height: int, resize: int, size: int
+) -> None:
+    """The client's PIL-only crop is torchvision's Resize + CenterCrop (padding included)."""
+    import torchvision.transforms.functional as tvf  # type: ignore[import-untyped]
+
+    pixels = np.random.default_rng(width * height).integers(0, 256, (height, width, 3))
+    image = Image.fromarray(pixels.astype(np.uint8), mode="RGB")
+    expected = tvf.center_crop(tvf.resize(image, [resize]), [size])
+    got = resize_crop(image, resize, size)
+    assert got.size == expected.size == (size, size)
+    assert np.array_equal(np.asarray(got), np.asarray(expected))

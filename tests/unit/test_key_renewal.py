@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.client import ExplainError, SmoothExplainClient
-from smoothexplain.keyrotation import KeyRenewer, seconds_left
+from smoothexplain.client.remote import ExplainError, SmoothExplainClient
+from smoothexplain.ops.keyrotation import KeyRenewer, seconds_left
 
 NOW = 1_800_000_000.0
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from smoothexplain.client import SmoothExplainClient, resolve_token
-from smoothexplain.local_server import (
+from smoothexplain.client.remote import SmoothExplainClient, resolve_token
+from smoothexplain.protocol.local_server import (
     STATE_DIR_ENV,
     ServerRecord,
     clear_record,
@@ -120,7 +120,7 @@ def test_a_wrongly_typed_record_is_ignored(tmp_path: Path) -> None:
 @pytest.mark.parametrize("content", ["-1", "0", "abc", "", "99999999999999", "LIVE"])
 def test_stop_signals_nothing_but_a_serve_process(tmp_path: Path, content: str) -> None:
     """`serve.pid` is a hint: -1 or 0 would SIGTERM process groups, a reused number anyone."""
-    from smoothexplain.cli import main
+    from smoothexplain.client.cli import main
 
     bystander = subprocess.Popen(["sleep", "60"])
     try:

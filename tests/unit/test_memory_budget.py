@@ -13,15 +13,15 @@ import pytest
 import torch
 from torch import nn
 
-from smoothexplain import memory
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.codec import tensor_to_message
-from smoothexplain.config import parse_config
 from smoothexplain.engine import ExplainJob, Scheduler
 from smoothexplain.engine.scheduler import _Run, _saved_bytes
-from smoothexplain.errors import InvalidArgument, LimitExceeded, status_of
-from smoothexplain.service import ExplainService, Incoming
-from smoothexplain.spec import make_spec
+from smoothexplain.engine.spec import make_spec
+from smoothexplain.protocol.errors import InvalidArgument, LimitExceeded, status_of
+from smoothexplain.serving import memory
+from smoothexplain.serving.codec import tensor_to_message
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.service import ExplainService, Incoming
 
 from .analytic import small_cnn
 

@@ -17,13 +17,18 @@ from PIL import Image
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from smoothexplain import memory
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.config import parse_config
-from smoothexplain.exporter import Exporter, Probes
-from smoothexplain.launcher import free_port
-from smoothexplain.metrics import ServerCollector, ServiceMetrics, status_class, worker_collector
-from smoothexplain.service import ExplainService, Incoming
+from smoothexplain.ops.exporter import Exporter, Probes
+from smoothexplain.ops.launcher import free_port
+from smoothexplain.serving import memory
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.metrics import (
+    ServerCollector,
+    ServiceMetrics,
+    status_class,
+    worker_collector,
+)
+from smoothexplain.serving.service import ExplainService, Incoming
 
 from .analytic import small_cnn
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 
-from smoothexplain.errors import InvalidArgument
-from smoothexplain.options import ENUM_OPTIONS, enum_from_proto, enum_to_proto
-from smoothexplain.spec import (
+from smoothexplain import explain, make_spec
+from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
+from smoothexplain.client.cli import CLI_OPTIONS, build_parser
+from smoothexplain.engine.spec import (
+    SPEC_OPTIONS,
     IgRule,
     IgSampling,
     Method,
@@ -15,6 +19,17 @@ from smoothexplain.spec import (
     NtType,
     Precision,
 )
+from smoothexplain.protocol.errors import InvalidArgument
+from smoothexplain.protocol.options import (
+    ENUM_OPTIONS,
+    OPTIONS,
+    Option,
+    enum_from_proto,
+    enum_to_proto,
+    from_proto,
+    to_proto,
+)
+from smoothexplain.serving.config import parse_config
 
 SPEC_ENUMS = {
     "method": Method,
@@ -50,3 +65,62 @@ def test_unknown_values_name_the_option() -> None:
     with pytest.raises(InvalidArgument):
         enum_to_proto("encoding", 1)  # a number is no name
     assert enum_from_proto("encoding", enum_to_proto("encoding", "float16")) == "float16"
+
+
+# -- the options table: every surface follows it ----------------------------------------------
+
+
+def test_every_wire_option_has_one_table_entry() -> None:
+    proto_fields = {f.name for f in pb.ExplainOptions.DESCRIPTOR.fields}
+    assert proto_fields == {o.proto for o in OPTIONS if o.proto}
+
+
+def test_explain_keywords_and_defaults_are_the_tables() -> None:
+    parameters = inspect.signature(explain).parameters
+    for entry in SPEC_OPTIONS:
+        assert parameters[entry.name].default == entry.default, entry.name
+    engine_only = {"bounds", "seed", "baselines", "nt_samples_batch_size", "memory_budget"}
+    assert set(parameters) - {o.name for o in SPEC_OPTIONS} == {"model", "inputs", "target"} | (
+        engine_only
+    )
+
+
+def test_make_spec_defaults_are_the_tables() -> None:
+    spec = make_spec()
+    for entry in SPEC_OPTIONS:
+        assert getattr(getattr(spec, entry.name), "value", getattr(spec, entry.name)) == (
+            entry.default
+        )
+    with pytest.raises(TypeError, match="unknown options"):
+        make_spec(clip_percentile=50)
+
+
+def test_model_config_defaults_are_the_configurable_options() -> None:
+    model = {"model_class": "m:M"}
+    defaults = parse_config(model).defaults
+    assert set(defaults.values) == {o.name for o in OPTIONS if o.config}
+    for entry in OPTIONS:
+        if entry.config:
+            assert defaults[entry.name] == entry.default
+    with pytest.raises(InvalidArgument) as caught:
+        parse_config({**model, "defaults": {"sigma": 11.0}})  # the table's range, checked at load
+    assert caught.value.field == "defaults.sigma"
+
+
+def test_every_flagged_option_is_a_cli_flag_and_reaches_the_client() -> None:
+    parser = build_parser()
+    flags = [arg for o in CLI_OPTIONS if o.kind is not bool for arg in (o.flag, _sample(o))]
+    switches = [o.flag for o in CLI_OPTIONS if o.kind is bool]
+    args = parser.parse_args(["explain", "x.png", "--model", "m", *flags, *switches])
+    values = {o.name: getattr(args, o.name) for o in CLI_OPTIONS}
+    message = to_proto(values)  # what run_explain hands the client
+    assert from_proto(message) == {
+        **{o.name: None for o in OPTIONS if o.proto},
+        **{k: (True if v is True else v) for k, v in values.items()},
+    }
+
+
+def _sample(entry: Option) -> str:
+    if entry.choices:
+        return entry.choices[-1]
+    return "1" if entry.kind is int else "0.5"

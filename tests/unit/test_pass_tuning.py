@@ -111,9 +111,9 @@ def _feed_left(tuner: PassTuner, cost: dict[int, float], calls: int, rows_left: 
 
 
 def test_serving_tunes_only_when_the_config_asks() -> None:
-    from smoothexplain.config import parse_config
-    from smoothexplain.errors import InvalidArgument
-    from smoothexplain.service import ExplainService
+    from smoothexplain.protocol.errors import InvalidArgument
+    from smoothexplain.serving.config import parse_config
+    from smoothexplain.serving.service import ExplainService
 
     base = {
         "model_class": "tests.unit.analytic:small_cnn",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from smoothexplain.engine.noise import adaptive_sigma
-from smoothexplain.quality.metrics import (
+from smoothexplain_quality.metrics import (
     out_of_range,
     pointing_game,
     pool,

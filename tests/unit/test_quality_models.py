@@ -10,10 +10,10 @@ from torch import nn
 
 from smoothexplain.demo import NUM_CLASSES, ShapesNet
 from smoothexplain.demo.train import TrainConfig
-from smoothexplain.quality.grid import Cell
-from smoothexplain.quality.randomize import cascade, stages
-from smoothexplain.quality.resnet import ShapesResNet
-from smoothexplain.quality.zoo import VARIANTS, Variant, load_variant
+from smoothexplain_quality.grid import Cell
+from smoothexplain_quality.randomize import cascade, stages
+from smoothexplain_quality.resnet import ShapesResNet
+from smoothexplain_quality.zoo import VARIANTS, Variant, load_variant
 
 
 def _same(a: nn.Module, b: nn.Module) -> bool:

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from smoothexplain.demo import META_FILE, NUM_CLASSES, WEIGHTS_FILE, ShapesNet
-from smoothexplain.quality.grid import Settings
-from smoothexplain.quality.run import Plan, build
+from smoothexplain_quality.grid import Settings
+from smoothexplain_quality.run import Plan, build
 
 TINY = Plan(
     images=6,

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from smoothexplain.quality.sparseness import sparseness
-from smoothexplain.quality.stats import Estimate, mean_ci, paired_difference
-from smoothexplain.quality.tables import (
+from smoothexplain_quality.sparseness import sparseness
+from smoothexplain_quality.stats import Estimate, mean_ci, paired_difference
+from smoothexplain_quality.tables import (
     compare,
     error_constant,
     error_slope,

@@ -14,14 +14,14 @@ from torch import nn
 
 from smoothexplain import ExplainJob, Scheduler, make_spec
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.budget import Budgeted
-from smoothexplain.codec import tensor_to_message
-from smoothexplain.config import parse_config
 from smoothexplain.demo.net import ShapesNet
-from smoothexplain.errors import DeadlineExceeded
-from smoothexplain.models import load_model
-from smoothexplain.service import ExplainService, Incoming
-from smoothexplain.ts_handler import SmoothExplainHandler
+from smoothexplain.protocol.errors import DeadlineExceeded
+from smoothexplain.serving.budget import Budgeted
+from smoothexplain.serving.codec import tensor_to_message
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.models import load_model
+from smoothexplain.serving.service import ExplainService, Incoming
+from smoothexplain.serving.ts_handler import SmoothExplainHandler
 
 from .analytic import small_cnn
 

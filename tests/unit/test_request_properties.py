@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.codec import (
+from smoothexplain.protocol.errors import InvalidArgument
+from smoothexplain.serving.codec import (
     GRPC_KEY,
     _json_field,
     _shown,
@@ -25,10 +26,9 @@ from smoothexplain.codec import (
     message_to_tensor,
     tensor_to_message,
 )
-from smoothexplain.config import parse_config
-from smoothexplain.errors import InvalidArgument
-from smoothexplain.service import ExplainService, Incoming, Outgoing
-from smoothexplain.ts_handler import REASON_MAX, incoming_from, reason_phrase
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.service import ExplainService, Incoming, Outgoing
+from smoothexplain.serving.ts_handler import REASON_MAX, incoming_from, reason_phrase
 
 from .analytic import small_cnn
 

@@ -19,10 +19,10 @@ from google.protobuf import json_format
 
 from smoothexplain import InvalidArgument
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.codec import tensor_from_message, tensor_to_message
-from smoothexplain.config import parse_config
-from smoothexplain.service import ExplainService, Incoming, Outgoing
-from smoothexplain.spec import FLOAT32_MAX, MAX_SIGMA, NtType, finite_float32, make_spec
+from smoothexplain.engine.spec import FLOAT32_MAX, MAX_SIGMA, NtType, finite_float32, make_spec
+from smoothexplain.serving.codec import tensor_from_message, tensor_to_message
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.service import ExplainService, Incoming, Outgoing
 
 from .analytic import small_cnn
 

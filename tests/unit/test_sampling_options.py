@@ -10,8 +10,8 @@ import torch
 from smoothexplain import ExplainJob, InvalidArgument, Scheduler, explain, make_spec
 from smoothexplain.engine.aggregate import Moments
 from smoothexplain.engine.noise import NoiseStream, make_generator
+from smoothexplain.engine.spec import NoiseSampling
 from smoothexplain.engine.stopping import relative_standard_error
-from smoothexplain.spec import NoiseSampling
 
 from .analytic import PolyScores, small_cnn
 

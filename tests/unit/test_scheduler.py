@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from smoothexplain import ExplainJob, Scheduler, explain, make_spec
-from smoothexplain.errors import ModelOutputError, ResourceExhausted
+from smoothexplain.protocol.errors import ModelOutputError, ResourceExhausted
 
 from .analytic import small_cnn
 

@@ -8,11 +8,11 @@ from google.protobuf import json_format
 
 from smoothexplain import explain
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.codec import message_to_tensor, tensor_to_message
-from smoothexplain.config import parse_config
 from smoothexplain.engine import noise
 from smoothexplain.engine.noise import make_generator
-from smoothexplain.service import ExplainService, Incoming
+from smoothexplain.serving.codec import message_to_tensor, tensor_to_message
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.service import ExplainService, Incoming
 
 from .analytic import small_cnn
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from smoothexplain.cli import build_parser
-from smoothexplain.exporter import TlsFiles
-from smoothexplain.serve import _overrides, _tls
+from smoothexplain.client.cli import build_parser
+from smoothexplain.ops.exporter import TlsFiles
+from smoothexplain.ops.serve import _overrides, _tls
 
 
 def _args(*flags: str) -> argparse.Namespace:

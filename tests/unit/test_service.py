@@ -14,9 +14,9 @@ from PIL import Image
 
 from smoothexplain import explain
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.codec import message_to_tensor, tensor_to_message
-from smoothexplain.config import parse_config
-from smoothexplain.service import ExplainService, Incoming
+from smoothexplain.serving.codec import message_to_tensor, tensor_to_message
+from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.service import ExplainService, Incoming
 
 from .analytic import small_cnn
 
@@ -231,12 +231,12 @@ def test_image_answers_say_how_the_image_was_cut(service: ExplainService) -> Non
 def test_a_request_that_runs_out_of_memory_gets_503_alone(
     service: ExplainService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import smoothexplain.images
+    import smoothexplain.protocol.images
 
     def exhausted(*_args: object) -> None:
         raise MemoryError
 
-    monkeypatch.setattr(smoothexplain.images, "resize_crop", exhausted)
+    monkeypatch.setattr(smoothexplain.protocol.images, "resize_crop", exhausted)
     image = pb.Request(input=pb.Input(image=_png(8)), explain=True)
     failed, served = _grpc(service, image, _tensor_request(torch.zeros(3, 8, 8)))
     assert failed.error.http_status == 503 and failed.error.grpc_code == "RESOURCE_EXHAUSTED"

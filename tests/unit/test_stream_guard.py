@@ -10,13 +10,14 @@ from typing import Any
 import pytest
 import requests
 
-from smoothexplain import launcher, ts_handler
-from smoothexplain.codec import GRPC_KEY
-from smoothexplain.exporter import Exporter, Probes
-from smoothexplain.launcher import TorchServeInstance, free_port
-from smoothexplain.service import Incoming, Outgoing
-from smoothexplain.ts_handler import SmoothExplainHandler, stream2_rows
-from smoothexplain.watchdog import Watchdog, lost_models, unserved_models
+from smoothexplain.ops import launcher
+from smoothexplain.ops.exporter import Exporter, Probes
+from smoothexplain.ops.launcher import TorchServeInstance, free_port
+from smoothexplain.ops.watchdog import Watchdog, lost_models, unserved_models
+from smoothexplain.serving import ts_handler
+from smoothexplain.serving.codec import GRPC_KEY
+from smoothexplain.serving.service import Incoming, Outgoing
+from smoothexplain.serving.ts_handler import SmoothExplainHandler, stream2_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,7 +79,7 @@ def test_a_batch_of_stream2_messages_only_computes_nothing() -> None:
 
 def test_the_sequence_header_name_is_pinned_where_torchserve_reads_it(tmp_path: Path) -> None:
     assert launcher.SEQUENCE_ID_HEADER == ts_handler.SEQUENCE_ID_HEADER
-    shipped = (REPO_ROOT / "deploy" / "config.properties").read_text()
+    shipped = (REPO_ROOT / "handler" / "smoothexplain" / "ops" / "config.properties").read_text()
     assert f"\n{launcher.SEQUENCE_ID_KEY}={launcher.SEQUENCE_ID_HEADER}\n" in shipped
     renamed = {launcher.SEQUENCE_ID_KEY: "other"}
     instance = TorchServeInstance(tmp_path, ["m=m.mar"], tmp_path / "ts", config_overrides=renamed)

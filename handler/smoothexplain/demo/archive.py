@@ -117,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--store", type=Path, default=Path("model_store"))
     parser.add_argument("--template", type=Path, default=Path("deploy/model-config.yaml"))
     parser.add_argument(
-        "--handler", type=Path, default=Path(__file__).resolve().parent.parent / "ts_entry.py"
+        "--handler",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "serving" / "ts_entry.py",
     )
     parser.add_argument("--only", nargs="*", choices=sorted(ARCHIVES), default=list(ARCHIVES))
     args = parser.parse_args(argv)

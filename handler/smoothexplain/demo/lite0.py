@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torchvision.models import ResNet18_Weights  # type: ignore[import-untyped]
 
-from ..cli import main as cli_main
+from ..client.cli import main as cli_main
 from .efficientnet import pretrained_weights
 
 __all__ = ["NAME", "archive_command", "main", "write_labels"]

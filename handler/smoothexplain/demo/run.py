@@ -24,9 +24,9 @@ import torchvision.transforms.functional as tvf  # type: ignore[import-untyped]
 from PIL import Image, ImageDraw
 
 from .._proto.smoothexplain.v1 import explain_pb2 as pb
-from ..client import SmoothExplainClient, attribution
-from ..heatmap import heatmap_png, overlay_png
-from ..local_server import read_record
+from ..client.remote import SmoothExplainClient, attribution
+from ..protocol.heatmap import heatmap_png, overlay_png
+from ..protocol.local_server import read_record
 from .archive import ARCHIVES
 from .lite0 import NAME as LITE0
 from .shapes import CLASS_NAMES, render_sample
@@ -62,7 +62,7 @@ def _earlier(workdir: Path) -> dict[str, object] | None:
 def _start(workdir: Path, store: Path, timeout: float) -> dict[str, object]:
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir.parent / "serve.log"
-    command = [sys.executable, "-m", "smoothexplain.cli", "serve", "--workdir", str(workdir)]
+    command = [sys.executable, "-m", "smoothexplain.client.cli", "serve", "--workdir", str(workdir)]
     command += ["--model-store", str(store), "--models", *(f"{m}={m}.mar" for m in MODELS)]
     with log_path.open("ab") as log:
         process = subprocess.Popen(
@@ -92,7 +92,7 @@ def _server(workdir: Path, store: Path, timeout: float) -> dict[str, object]:
             print(f"reusing the server started earlier (pid {earlier['pid']})")
             return earlier
         print(f"restarting the earlier server: it lacks {sorted(set(MODELS) - served)}")
-        stop = [sys.executable, "-m", "smoothexplain.cli", "stop", "--workdir", str(workdir)]
+        stop = [sys.executable, "-m", "smoothexplain.client.cli", "stop", "--workdir", str(workdir)]
         subprocess.run(stop, check=True)
     return _start(workdir, store, timeout)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spec import NtType
+from .spec import NtType
 
 __all__ = ["Moments"]
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from ..errors import InvalidArgument
+from ..protocol.errors import InvalidArgument
 
 __all__ = ["GuidedModel", "guided_refusal"]
 

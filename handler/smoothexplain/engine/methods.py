@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spec import Method
+from .spec import Method
 
 __all__ = ["finish_sample"]
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from ..spec import Bounds, ExplainSpec, NoiseKind, NoiseSampling, NtType
+from .spec import Bounds, ExplainSpec, NoiseKind, NoiseSampling, NtType
 
 __all__ = ["NoiseStream", "adaptive_sigma", "job_seed", "make_generator", "noise_scale"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..spec import IgRule
+from .spec import IgRule
 
 __all__ = ["path_points"]
 

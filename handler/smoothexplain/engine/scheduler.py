@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import InvalidArgument, LimitExceeded, ModelOutputError, ResourceExhausted
-from ..spec import MIN_SAMPLES_FOR_STOPPING, ExplainSpec, Method, NtType, Precision
+from ..protocol.errors import InvalidArgument, LimitExceeded, ModelOutputError, ResourceExhausted
 from .aggregate import Moments
 from .guided import GuidedModel
 from .joint import joint_alphas, joint_rows, point_attributions
@@ -25,6 +24,14 @@ from .methods import finish_sample
 from .noise import NoiseStream, make_generator, noise_scale
 from .pass_tuning import PassTuner
 from .quadrature import path_points
+from .spec import (
+    MIN_SAMPLES_FOR_STOPPING,
+    ExplainSpec,
+    Method,
+    NtType,
+    Precision,
+    check_integer,
+)
 from .stopping import relative_standard_error
 
 __all__ = ["ExplainJob", "JobResult", "Scheduler", "SchedulerStats"]
@@ -201,13 +208,11 @@ class Scheduler:
         tune_pass_rows: bool = False,
         refuse_over_budget: bool = False,
     ) -> None:
-        if chunk_rows is not None and (isinstance(chunk_rows, bool) or chunk_rows < 1):
-            raise InvalidArgument(
-                f"nt_samples_batch_size must be >= 1, got {chunk_rows}",
-                field="nt_samples_batch_size",
-            )
-        if memory_budget is not None and memory_budget < 1:
-            raise InvalidArgument("memory_budget must be >= 1 byte", field="memory_budget")
+        # Named as explain() names them (the server checks its config keys at load).
+        if chunk_rows is not None:
+            check_integer("nt_samples_batch_size", chunk_rows, 1)
+        if memory_budget is not None:
+            check_integer("memory_budget", memory_budget, 1)  # bytes
         self.model = model
         self._call: Model = model  # for the group being run: the model, or it under GuidedModel
         self.chunk_rows = chunk_rows

@@ -18,7 +18,7 @@ from .expected import REPO_ROOT
 __all__ = ["FAULTY", "UNGUARDED", "build_archive"]
 
 TEMPLATE = REPO_ROOT / "deploy" / "model-config.yaml"
-HANDLER = REPO_ROOT / "handler" / "smoothexplain" / "ts_entry.py"
+HANDLER = REPO_ROOT / "handler" / "smoothexplain" / "serving" / "ts_entry.py"
 FAULTY = Path(__file__).with_name("faulty.py")
 UNGUARDED = Path(__file__).with_name("unguarded_entry.py")  # answers StreamPredictions2 too
 

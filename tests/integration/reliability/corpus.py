@@ -33,7 +33,7 @@ from google.protobuf import json_format
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
-from smoothexplain.codec import GRPC_KEY
+from smoothexplain.serving.codec import GRPC_KEY
 
 from .payloads import MARK, image_bytes, sample_png, tensor_json
 

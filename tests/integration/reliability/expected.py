@@ -14,9 +14,9 @@ import yaml
 
 from smoothexplain import explain
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
-from smoothexplain.codec import image_to_tensor, tensor_from_message
-from smoothexplain.config import parse_config
 from smoothexplain.demo import load_model
+from smoothexplain.serving.codec import image_to_tensor, tensor_from_message
+from smoothexplain.serving.config import parse_config
 
 __all__ = ["REPO_ROOT", "LocalEngine"]
 
@@ -58,17 +58,17 @@ class LocalEngine:
 
     def attribution(self, request: pb.Request, target: int, seed: int) -> torch.Tensor:
         """The attribution `request` asks for, with the target and seed the server used."""
-        options, defaults = request.options, self.config.defaults
+        options, defaults = request.options, self.config.defaults.values
         kwargs: dict[str, Any] = {}
         for name, enum, prefix in _ENUMS:
             value = getattr(options, name)
             chosen = enum.Name(value).removeprefix(prefix).lower() if value else None
-            kwargs[name] = chosen or getattr(defaults, name)
+            kwargs[name] = chosen or defaults[name]
         for name in _NUMBERS:
             if options.HasField(name):
                 kwargs[name] = getattr(options, name)
-            elif hasattr(defaults, name):
-                kwargs[name] = getattr(defaults, name)
+            elif name in defaults:
+                kwargs[name] = defaults[name]
         if options.HasField("baseline"):
             kwargs["baselines"] = options.baseline
         x = self.inputs(request)

@@ -18,9 +18,9 @@ from google.protobuf import json_format
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
-from smoothexplain.client import SmoothExplainClient
-from smoothexplain.codec import GRPC_KEY, message_to_tensor
-from smoothexplain.launcher import TorchServeInstance
+from smoothexplain.client.remote import SmoothExplainClient
+from smoothexplain.ops.launcher import TorchServeInstance
+from smoothexplain.serving.codec import GRPC_KEY, message_to_tensor
 
 from .expected import LocalEngine
 from .faults import HANG_GUARD, calls, slow_calls, until, wait_for_new_worker

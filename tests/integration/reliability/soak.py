@@ -28,7 +28,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from smoothexplain.launcher import TorchServeInstance
+from smoothexplain.ops.launcher import TorchServeInstance
 
 from . import scenarios
 from .archives import build_archive

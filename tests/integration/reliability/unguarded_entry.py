@@ -8,7 +8,7 @@ TorchServe imports this file from the unpacked archive: one class, absolute impo
 from collections.abc import Sequence
 from typing import Any
 
-from smoothexplain.ts_handler import SmoothExplainHandler
+from smoothexplain.serving.ts_handler import SmoothExplainHandler
 
 
 class UnguardedHandler(SmoothExplainHandler):

@@ -1,0 +1,318 @@
+"""One validated, frozen description of an explain request: the only place arguments are checked.
+
+The Python API, the TorchServe handler and the CLI all build an `ExplainSpec` through `make_spec`,
+so a value is judged the same way wherever it comes from, and every error names its field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import torch
+
+from ..protocol.errors import InvalidArgument
+from ..protocol.options import (
+    FLOAT32_MAX,
+    MAX_SEED,
+    MAX_SIGMA,
+    MIN_CONFIDENCE,
+    OPTIONS,
+    IgRule,
+    IgSampling,
+    Method,
+    NoiseKind,
+    NoiseSampling,
+    NtType,
+    Option,
+    Precision,
+    finite,
+)
+
+__all__ = [
+    "FLOAT32_MAX",
+    "MAX_SEED",
+    "MAX_SIGMA",
+    "MIN_CONFIDENCE",
+    "MIN_SAMPLES_FOR_STOPPING",
+    "MIN_VARGRAD_NOISE",
+    "SPEC_OPTIONS",
+    "Bounds",
+    "ExplainSpec",
+    "IgRule",
+    "IgSampling",
+    "Method",
+    "NoiseKind",
+    "NoiseSampling",
+    "NtType",
+    "Precision",
+    "check_integer",
+    "finite_float32",
+    "make_spec",
+]
+
+MIN_SAMPLES_FOR_STOPPING = 8  # adaptive stopping never judges the error on fewer samples
+# VarGrad needs noise that moves the inputs: below about ten float32 steps of the range (the
+# step is 1.19e-7 of a value) the noisy copies round back to the input and the variance is 0.
+# Gaussian `sigma` (a fraction of the range) and `stdevs` (absolute; against the declared
+# range, or against 1 without bounds) must reach it.
+MIN_VARGRAD_NOISE = 1e-6
+SPEC_OPTIONS: tuple[Option, ...] = tuple(o for o in OPTIONS if o.spec)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Input range [low, high]; scalars or tensors broadcastable to one input (e.g. (C, 1, 1))."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ExplainSpec:
+    """A checked request: build it with `make_spec` (one field per spec option of the table)."""
+
+    method: Method
+    nt_type: NtType
+    noise: NoiseKind
+    nt_samples: int
+    stdevs: float | None
+    sigma: float
+    confidence: float
+    n_steps: int
+    ig_rule: IgRule
+    return_convergence_delta: bool
+    noise_sampling: NoiseSampling
+    tolerance: float | None  # stop once the mean's relative standard error is below
+    precision: Precision
+    ig_sampling: IgSampling
+    bounds: Bounds | None = None  # explain()'s input range; the server's from its preprocessing
+
+    def echo(self) -> dict[str, object]:
+        """The options as they ran, by table name (enums as their names): what an answer
+        echoes. Smoothed IG's sampling is `joint` only where it applied (plain IG: the grid)."""
+        values: dict[str, object] = {
+            o.name: getattr(getattr(self, o.name), "value", getattr(self, o.name))
+            for o in SPEC_OPTIONS
+        }
+        values["ig_sampling"] = (IgSampling.JOINT if self.joint_ig else IgSampling.GRID).value
+        return values
+
+    @property
+    def samples(self) -> int:
+        """Noise samples actually drawn: one clean pass when there is no noise tunnel."""
+        return 1 if self.nt_type is NtType.NONE else self.nt_samples
+
+    @property
+    def joint_ig(self) -> bool:
+        """Smoothed IG with joint (noise, α) sampling; plain IG always uses the n_steps rule."""
+        return (
+            self.method is Method.INTEGRATED_GRADIENTS
+            and self.nt_type is not NtType.NONE
+            and self.ig_sampling is IgSampling.JOINT
+        )
+
+    @property
+    def steps(self) -> int:
+        """Model rows per sample: the IG path points (joint: 1, or 2 for the product estimator
+        of smoothgrad_sq/vargrad), or one."""
+        if self.joint_ig:
+            return 2 if self.nt_type in (NtType.SMOOTHGRAD_SQ, NtType.VARGRAD) else 1
+        return self.n_steps if self.method is Method.INTEGRATED_GRADIENTS else 1
+
+    @property
+    def rows(self) -> int:
+        return self.samples * self.steps
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _choice(field: str, value: object, kind: type[E]) -> E:
+    allowed = [m.value for m in kind]
+    if isinstance(value, kind):
+        return value
+    if isinstance(value, str) and value in allowed:
+        return kind(value)
+    raise InvalidArgument(f"{field} must be one of {allowed}, got {value!r}", field=field)
+
+
+def check_integer(field: str, value: object, low: int, high: int | None = None) -> int:
+    """`value` if it is an int (not a bool) in [low, high], else `InvalidArgument` naming
+    `field`: the one integer check of options, call sizes and budgets."""
+    upper = "" if high is None else f" and <= {high}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(
+            f"{field} must be an integer >= {low}{upper}, got {value!r}", field=field
+        )
+    if value < low or (high is not None and value > high):
+        raise InvalidArgument(f"{field} must be >= {low}{upper}, got {value}", field=field)
+    return value
+
+
+def finite_float32(value: float, field: str) -> float:
+    """`value` if float32 holds it as a finite number, else `InvalidArgument` naming `field`.
+
+    The engine computes in float32: a double above its range (an IG baseline of 1e39) is
+    finite here but becomes inf there, and every gradient after it NaN.
+    """
+    if not finite(value):
+        raise InvalidArgument(
+            f"{field} must be a finite float32 number (|x| <= {FLOAT32_MAX!r}), got {value!r}",
+            field=field,
+        )
+    return value
+
+
+def _real(
+    field: str,
+    value: object,
+    *,
+    low: float,
+    open_low: bool = False,
+    high: float | None = None,
+    open_high: bool = False,
+    why: str = "",
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidArgument(f"{field} must be a number, got {value!r}", field=field)
+    try:
+        number = finite_float32(float(value), field)
+    except OverflowError:  # an int beyond any float
+        number = finite_float32(math.inf, field)
+    too_low = number <= low if open_low else number < low
+    too_high = high is not None and (number >= high if open_high else number > high)
+    if too_low or too_high:
+        left = "(" if open_low else "["
+        right = ")" if open_high else "]"
+        span = f"{left}{low}, {'inf' if high is None else f'{high:g}'}{right}"
+        raise InvalidArgument(
+            f"{field} must be a finite number in {span}{why}, got {value!r}", field=field
+        )
+    return number
+
+
+def _bounds(value: object) -> Bounds | None:
+    if value is None:
+        return None
+    if not isinstance(value, tuple | list) or len(value) != 2:
+        raise InvalidArgument(
+            f"bounds must be a pair (x_min, x_max), got {value!r}", field="bounds"
+        )
+    try:
+        low, high = (torch.as_tensor(v, dtype=torch.float64) for v in value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise InvalidArgument(
+            f"bounds must hold numbers or tensors: {error}", field="bounds"
+        ) from None
+    if not all(bool((v.abs() <= FLOAT32_MAX).all()) for v in (low, high)):  # NaN fails too
+        raise InvalidArgument(
+            f"bounds must be finite float32 numbers (|x| <= {FLOAT32_MAX!r})", field="bounds"
+        )
+    try:
+        ordered = bool((high > low).all())
+    except RuntimeError:
+        raise InvalidArgument(
+            "bounds x_min and x_max must have broadcastable shapes", field="bounds"
+        ) from None
+    if not ordered:
+        raise InvalidArgument("bounds must satisfy x_min < x_max everywhere", field="bounds")
+    return Bounds(low=low, high=high)
+
+
+def _stdevs(value: object, bounds: Bounds | None) -> float | None:
+    """Absolute noise, capped at MAX_SIGMA times the widest declared range (without bounds
+    the range is each input's own, unknown here: then only float32 finiteness is checked)."""
+    if value is None:
+        return None
+    if bounds is None:
+        return _real("stdevs", value, low=0.0)
+    widest = float((bounds.high - bounds.low).max())
+    return _real(
+        "stdevs",
+        value,
+        low=0.0,
+        high=MAX_SIGMA * widest,
+        why=f" ({MAX_SIGMA:g} x the input range {widest:g})",
+    )
+
+
+def _refuse_degenerate_vargrad(spec: ExplainSpec) -> None:
+    """VarGrad of one sample, or of samples without noise, is 0 everywhere: refuse it rather
+    than answer an all-zero map. (Other nt_types are well defined with one sample; nt_type
+    none ignores nt_samples, as it is one clean pass.)"""
+    if spec.nt_type is not NtType.VARGRAD:
+        return
+    if spec.nt_samples < 2:
+        raise InvalidArgument(
+            f"nt_samples must be >= 2 for nt_type='vargrad' (the variance of one sample is 0 "
+            f"everywhere), got {spec.nt_samples}",
+            field="nt_samples",
+        )
+    if spec.noise is not NoiseKind.GAUSSIAN:  # AdaptGrad's sigma_i comes from the data
+        return
+    if spec.stdevs is None:
+        scale, least, field = spec.sigma, MIN_VARGRAD_NOISE, "sigma"
+    else:
+        widest = 1.0 if spec.bounds is None else float((spec.bounds.high - spec.bounds.low).max())
+        scale, least, field = spec.stdevs, MIN_VARGRAD_NOISE * widest, "stdevs"
+    if scale < least:
+        raise InvalidArgument(
+            f"{field} must be >= {least:.3g} for nt_type='vargrad' (smaller noise leaves the "
+            f"float32 inputs unchanged, and their variance is 0 everywhere), got {scale!r}",
+            field=field,
+        )
+
+
+def check_option(entry: Option, value: object, field: str = "") -> object:
+    """`value` checked against its table entry: the enum member, the bool, the int or the
+    float32-finite float within the entry's range, or None where the default is None.
+    `InvalidArgument` names `field` (default: the option's name)."""
+    field = field or entry.name
+    if value is None and entry.default is None:
+        return None
+    if entry.choices:
+        return _choice(field, value, entry.kind)
+    if entry.kind is bool:
+        if not isinstance(value, bool):
+            raise InvalidArgument(f"{field} must be a bool", field=field)
+        return value
+    if entry.kind is int:
+        low = None if entry.low is None else int(entry.low)
+        high = None if entry.high is None else int(entry.high)
+        return check_integer(field, value, low if low is not None else -(2**63), high)
+    return _real(
+        field,
+        value,
+        low=-FLOAT32_MAX if entry.low is None else entry.low,
+        open_low=entry.open_low,
+        high=entry.high,
+        open_high=entry.open_high,
+        why=f" ({entry.unit})" if entry.unit else "",
+    )
+
+
+def make_spec(**values: object) -> ExplainSpec:
+    """Check every option (`SPEC_OPTIONS`, plus `bounds`) and return the frozen spec; unset
+    options take the table's defaults. `InvalidArgument` names a bad field."""
+    known = {o.name for o in SPEC_OPTIONS}
+    unknown = sorted(set(values) - known - {"bounds"})
+    if unknown:
+        raise TypeError(f"make_spec() got unknown options {unknown}; known: {sorted(known)}")
+    bounds = _bounds(values.get("bounds"))
+    checked: dict[str, Any] = {
+        o.name: check_option(o, values.get(o.name, o.default)) for o in SPEC_OPTIONS
+    }
+    if checked["ig_rule"] is IgRule.RIEMANN_TRAPEZOID:
+        check_integer("n_steps", checked["n_steps"], 2)  # the trapezoid needs both ends
+    if checked["return_convergence_delta"] and checked["method"] is not Method.INTEGRATED_GRADIENTS:
+        raise InvalidArgument(
+            "return_convergence_delta is only defined for method='integrated_gradients'",
+            field="return_convergence_delta",
+        )
+    checked["stdevs"] = _stdevs(checked["stdevs"], bounds)
+    spec = ExplainSpec(**checked, bounds=bounds)
+    _refuse_degenerate_vargrad(spec)
+    return spec
