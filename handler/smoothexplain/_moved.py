@@ -11,7 +11,7 @@ import importlib.abc
 import importlib.machinery
 import sys
 from collections.abc import Sequence
-from types import ModuleType
+from types import CodeType, ModuleType
 
 __all__ = ["MOVED", "install"]
 
@@ -49,14 +49,33 @@ MOVED: dict[str, str] = {
 
 
 class _Alias(importlib.abc.Loader):
+    """Gives the moved module itself for its old name, leaving its own `__spec__` (so that
+    `reload` keeps working) and, for `python -m <old name>`, its code."""
+
     def __init__(self, target: str) -> None:
         self.target = target
+        self.real: importlib.machinery.ModuleSpec | None = None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        return importlib.import_module(self.target)
+        module = importlib.import_module(self.target)
+        self.real = module.__spec__
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """The target module ran when it was imported: nothing more to do."""
+        """The target ran when it was imported; undo the import system's `__spec__` swap."""
+        if self.real is not None:
+            module.__spec__ = self.real
+
+    def get_code(self, fullname: str) -> CodeType:
+        """For `python -m <old name>`: run the target as `__main__` under its own name."""
+        return compile(
+            f"import runpy\nrunpy.run_module({self.target!r}, run_name='__main__', alter_sys=True)",
+            f"<{fullname} moved to {self.target}>",
+            "exec",
+        )
+
+    def is_package(self, fullname: str) -> bool:
+        return False
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder):

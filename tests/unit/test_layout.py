@@ -143,3 +143,20 @@ def test_importing_the_client_loads_neither_torch_nor_serving() -> None:
 )
 def test_old_import_paths_give_the_moved_module_itself(old: str, new: str) -> None:
     assert importlib.import_module(old) is importlib.import_module(new)
+
+
+def test_an_old_path_leaves_the_module_its_own_spec_and_runs_with_dash_m() -> None:
+    code = (
+        "import importlib, smoothexplain.engine.spec as real, smoothexplain.spec;"
+        "assert real.__spec__.name == 'smoothexplain.engine.spec', real.__spec__;"
+        "real.make_spec = None; importlib.reload(real); assert callable(real.make_spec)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "smoothexplain.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "explain" in done.stdout, done.stderr

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +34,7 @@ from smoothexplain.protocol.options import (
 )
 from smoothexplain.serving.config import parse_config
 
+REPO = Path(__file__).resolve().parents[2]
 SPEC_ENUMS = {
     "method": Method,
     "nt_type": NtType,
@@ -124,3 +128,10 @@ def _sample(entry: Option) -> str:
     if entry.choices:
         return entry.choices[-1]
     return "1" if entry.kind is int else "0.5"
+
+
+def test_the_documented_options_table_is_the_tables() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "options_doc.py"), "--check"], timeout=120
+    )
+    assert done.returncode == 0, "docs/api.md is out of date: run tools/options_doc.py"

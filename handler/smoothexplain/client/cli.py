@@ -231,6 +231,7 @@ def _read_image(name: str) -> bytes:
 def run_explain(args: argparse.Namespace) -> int:
     """Explain IMAGE, write the requested files, print a summary (or the JSON Response)."""
     image = _read_image(args.image)
+    _check_outputs(args)
     with _client(args) as client:
         response = client.explain(
             args.model,
@@ -260,6 +261,19 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 # -- outputs ----------------------------------------------------------------------------------
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse an output file whose folder does not exist before the explanation is computed."""
+    for flag, path in (
+        ("--out", args.out),
+        ("--overlay", args.overlay),
+        ("--save-attributions", args.save_attributions),
+    ):
+        if path is not None and not path.resolve().parent.is_dir():
+            raise InvalidArgument(
+                f"{flag} {path}: the folder {path.resolve().parent} does not exist", field=flag
+            )
 
 
 def _write_outputs(args: argparse.Namespace, response: pb.Response, image: bytes) -> list[str]:

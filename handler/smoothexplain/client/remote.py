@@ -43,10 +43,11 @@ from google.protobuf.message import DecodeError
 
 from .._proto.smoothexplain.v1 import explain_pb2 as pb
 from .._proto.torchserve import inference_pb2, inference_pb2_grpc
+from ..protocol.checks import check_integer, check_option
 from ..protocol.errors import InvalidArgument, grpc_code_of_http, http_of_grpc_code
 from ..protocol.keyfile import read_key
 from ..protocol.local_server import read_record
-from ..protocol.options import to_proto
+from ..protocol.options import option, to_proto
 from ..protocol.tensors import GRPC_KEY, array_to_message, message_to_array
 
 if TYPE_CHECKING:
@@ -321,6 +322,22 @@ def _dtype_name(image: object) -> str:
     return str(getattr(image, "dtype", type(image).__name__))
 
 
+def _options(values: Mapping[str, object]) -> pb.ExplainOptions:
+    """ExplainOptions from `explain`'s keywords, each value checked against the options table
+    here, before any network call (an unknown name is a TypeError, from `to_proto`)."""
+    message = to_proto(values)  # refuses unknown names first
+    checked = {
+        name: check_option(option(name), value, f"options.{name}")
+        for name, value in values.items()
+        if value is not None
+    }
+    return to_proto(checked) if checked else message
+
+
+def _in_range(field: str, value: int | None, low: int, high: int) -> int | None:
+    return None if value is None else check_integer(field, value, low, high)
+
+
 def _set(message: Any, name: str, value: object, field: str) -> None:
     """Set one optional scalar field; out-of-range or mistyped values name their field."""
     if value is None:
@@ -489,6 +506,8 @@ class SmoothExplainClient:
             raise InvalidArgument(f"timeout must be > 0, got {timeout!r}", field="timeout")
         if not isinstance(retry, bool):
             raise InvalidArgument(f"retry must be True or False, got {retry!r}", field="retry")
+        if tls is not None and not isinstance(tls, bool):
+            raise InvalidArgument(f"tls must be True, False or None, got {tls!r}", field="tls")
         self.transport: Transport = transport
         # Unset address parts come from the local server's record, else TorchServe's defaults.
         record = read_record() if None in (host, rest_port, grpc_port) else None
@@ -511,7 +530,7 @@ class SmoothExplainClient:
     def predict(self, model: str, image: ImageInput, *, top_k: int | None = None) -> pb.Response:
         """Classify one image (PNG/JPEG bytes) or preprocessed (C, H, W) tensor."""
         request = pb.Request(input=_input(image))
-        _set(request, "top_k", top_k, "top_k")
+        _set(request, "top_k", _in_range("top_k", top_k, 1, 2**32 - 1), "top_k")
         return self.request(model, request)
 
     def explain(
@@ -536,9 +555,9 @@ class SmoothExplainClient:
         `InvalidArgument`, both before any network call. `target` defaults to the top-1 class;
         the same `seed` gives the same attribution.
         """
-        request = pb.Request(input=_input(image), explain=True, options=to_proto(options))
-        _set(request, "target", target, "target")
-        _set(request, "top_k", top_k, "top_k")
+        request = pb.Request(input=_input(image), explain=True, options=_options(options))
+        _set(request, "target", _in_range("target", target, 0, 2**31 - 1), "target")
+        _set(request, "top_k", _in_range("top_k", top_k, 1, 2**32 - 1), "top_k")
         return self.request(model, request)
 
     def request(self, model: str, request: pb.Request) -> pb.Response:

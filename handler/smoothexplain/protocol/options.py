@@ -135,11 +135,15 @@ class Option:
         return []
 
     def span(self) -> str:
-        """The allowed range in interval notation, e.g. "[0.04, 1)"."""
-        left = "(" if self.open_low else "["
-        right = ")" if self.open_high else "]"
-        low = "-inf" if self.low is None else f"{self.low:g}"
-        high = "inf" if self.high is None else f"{self.high:g}"
+        """The allowed range in interval notation, e.g. "[0.04, 1)" or "[1, inf)"."""
+
+        def shown(bound: float) -> str:
+            return str(int(bound)) if self.kind is int else f"{bound:g}"
+
+        left = "(" if self.open_low or self.low is None else "["
+        right = ")" if self.open_high or self.high is None else "]"
+        low = "-inf" if self.low is None else shown(self.low)
+        high = "inf" if self.high is None else shown(self.high)
         return f"{left}{low}, {high}{right}"
 
     def contains(self, number: float) -> bool:

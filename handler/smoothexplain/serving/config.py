@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..engine.spec import ExplainSpec, check_integer, check_option
+from ..engine.spec import SPEC_OPTIONS, ExplainSpec, make_spec
+from ..protocol.checks import check_integer, check_option
 from ..protocol.errors import InvalidArgument, LimitExceeded
 from ..protocol.options import OPTIONS, Option, option
 
@@ -43,6 +44,7 @@ class Preprocess:
 
 
 CONFIG_OPTIONS: tuple[Option, ...] = tuple(o for o in OPTIONS if o.config)
+SPEC_NAMES = frozenset(o.name for o in SPEC_OPTIONS)
 
 
 def _table_defaults() -> Mapping[str, object]:
@@ -79,20 +81,39 @@ class Limits:
     max_response_bytes: int = 30_000_000
 
 
-def check_limits(spec: ExplainSpec, limits: Limits) -> None:
-    """`LimitExceeded` naming the request field when `spec` costs more than the server allows."""
+def check_limits(spec: ExplainSpec, limits: Limits, prefix: str = "options.") -> None:
+    """`LimitExceeded` naming the field (`prefix` + option) when `spec` costs more than the
+    server allows."""
     for name, limit in (("nt_samples", "max_nt_samples"), ("n_steps", "max_n_steps")):
         value, most = getattr(spec, name), getattr(limits, limit)
         if value > most:
             raise LimitExceeded(
-                f"options.{name} must be <= {most} (server limit {limit}), got {value}",
-                field=f"options.{name}",
+                f"{prefix}{name} must be <= {most} (server limit {limit}), got {value}",
+                field=f"{prefix}{name}",
             )
     if spec.rows > limits.max_rows:
         raise LimitExceeded(
-            f"options.nt_samples × options.n_steps = {spec.rows} rows, above "
+            f"{prefix}nt_samples × {prefix}n_steps = {spec.rows} rows, above "
             f"the server limit max_rows={limits.max_rows}",
-            field="options.nt_samples",
+            field=f"{prefix}nt_samples",
+        )
+
+
+def _check_defaults(defaults: Defaults, limits: Limits) -> None:
+    """The model's defaults must make a request that can run: what a request that sets no
+    option gets is judged at load, not blamed on the first client (errors name `defaults.*`)."""
+    try:
+        spec = make_spec(**{k: v for k, v in defaults.values.items() if k in SPEC_NAMES})
+    except InvalidArgument as error:
+        raise InvalidArgument(
+            f"defaults.{error.message}", field=f"defaults.{error.field}"
+        ) from None
+    check_limits(spec, limits, prefix="defaults.")
+    if defaults.top_k > limits.max_top_k:
+        raise InvalidArgument(
+            f"defaults.top_k must be <= {limits.max_top_k} (limits.max_top_k), "
+            f"got {defaults.top_k}",
+            field="defaults.top_k",
         )
 
 
@@ -196,6 +217,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> ServingConfig:
             field="limits.max_batch_seconds",
         )
     check_integer("nt_samples_batch_size", config.nt_samples_batch_size, 1)
+    _check_defaults(config.defaults, config.limits)
     pre = config.preprocess
     if len(pre.mean) != len(pre.std) or not all(math.isfinite(v) for v in (*pre.mean, *pre.std)):
         raise InvalidArgument(

@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from .._proto.smoothexplain.v1 import explain_pb2 as pb
-from ..engine.spec import SPEC_OPTIONS, ExplainSpec, Method, check_option, finite_float32, make_spec
+from ..engine.spec import SPEC_OPTIONS, ExplainSpec, Method, make_spec
+from ..protocol.checks import check_option, finite_float32
 from ..protocol.errors import InvalidArgument, LimitExceeded
 from ..protocol.options import from_proto, option
 from .codec import decode_request, image_to_tensor, tensor_from_message
