@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from smoothexplain.engine.cpu import cpu_support
+
 __all__ = [
     "RESULTS",
     "Prepared",
@@ -56,6 +58,9 @@ def machine(device: torch.device | None = None) -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(device) if on_cuda else None,
         # The widest vector ISA torch's kernels dispatch to here (AVX512, AVX2, ...).
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # Which low precisions run natively (feature flags; engine/cpu.py): bf16/fp16 timings
+        # hold only for CPUs that have them.
+        "cpu_support": cpu_support().describe(),
         # Other processes on a shared machine skew absolute times (less so interleaved ratios);
         # call machine() before the runs so that this is the load they started in.
         "load_average_1m": os.getloadavg()[0],

@@ -35,7 +35,7 @@ from common import (
 from lite0 import LITE0, WEIGHTS, cat_tensor, categories, input_about, lite0
 from torch import nn
 
-from smoothexplain import explain
+from smoothexplain import ExplainJob, Scheduler, explain, make_spec
 
 STDEV = 0.15  # absolute noise σ (Captum takes a scalar stdev only)
 TARGET = 3  # of the random-weight ResNets; EfficientNet-Lite0 explains its top-1 class
@@ -173,11 +173,38 @@ def contenders(
             total += torch.autograd.grad(model(row)[0, target], row)[0]
         _ = total / nt_samples
 
+    def engine_in(layout: str) -> Callable[[], object]:
+        def run() -> None:
+            explain(
+                model,
+                x,
+                target,
+                method=case.method,
+                nt_samples=nt_samples,
+                nt_samples_batch_size=case.batch,
+                stdevs=STDEV,
+                n_steps=case.n_steps,
+                seed=1,
+                memory_format=layout,
+            )
+
+        return run
+
+    # `auto` as a server runs it: one long-lived scheduler that measured the layout once.
+    spec = make_spec(method=case.method, nt_samples=nt_samples, stdevs=STDEV, n_steps=case.n_steps)
+    lasting = Scheduler(model, case.batch, memory_format="auto")
+
+    def engine_auto() -> None:
+        lasting.run([ExplainJob(inputs=x[0], target=target, spec=spec, seed=1)])
+
     found: dict[str, Callable[[], object]] = {
         "floor": floor,
         "engine": engine,
         "captum_noise_tunnel": captum,
     }
+    if case.variant == "fp32":  # NCHW model: the layouts against the NCHW floor (issue 17)
+        found["engine_channels_last"] = engine_in("channels_last")
+        found["engine_auto"] = engine_auto
     if not ig and case.model == "resnet18" and case.variant == "fp32":
         found["per_sample_loop"] = per_sample_loop
     return found
@@ -202,7 +229,38 @@ def run_case(case: Case, device: torch.device, repeats: int, warm: bool) -> dict
             f"(CPU time ×{row.get('cpu_ratio_to_floor', float('nan')):.3f})",
             flush=True,
         )
-    return {**asdict(case), **about, "rows": case.rows, "repeats": repeats, "results": result}
+    layouts = _layout_change(case, model, x, target) if case.variant == "fp32" else {}
+    return {
+        **asdict(case),
+        **about,
+        "rows": case.rows,
+        "repeats": repeats,
+        "results": result,
+        **layouts,
+    }
+
+
+def _layout_change(case: Case, model: nn.Module, x: torch.Tensor, target: int) -> dict[str, Any]:
+    """How far channels_last moves the map from NCHW (same rows and seed), and what `auto`
+    chose for this model and shape."""
+    kw: dict[str, Any] = {
+        "method": case.method,
+        "nt_samples": case.nt_samples,
+        "nt_samples_batch_size": case.batch,
+        "stdevs": STDEV,
+        "n_steps": case.n_steps,
+        "seed": 1,
+    }
+    nchw = explain(model, x, target, **kw)
+    nhwc = explain(model, x, target, memory_format="channels_last", **kw)
+    assert isinstance(nchw, torch.Tensor) and isinstance(nhwc, torch.Tensor)
+    chooser = Scheduler(model, case.batch, memory_format="auto")
+    chosen = chooser.choose_layout(x[0])
+    model.to(memory_format=torch.contiguous_format)
+    return {
+        "channels_last_rel_l2": float((nhwc - nchw).norm() / nchw.norm()),
+        "auto_chose": chosen.value,
+    }
 
 
 def main() -> None:

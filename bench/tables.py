@@ -14,6 +14,8 @@ __all__ = ["RENDERERS", "measured_on"]
 MIB = 1024 * 1024
 ENGINE_LABELS = {
     "engine": "engine",
+    "engine_channels_last": "engine, channels_last",
+    "engine_auto": "engine, auto",
     "captum_noise_tunnel": "Captum NoiseTunnel",
     "per_sample_loop": "per-sample loop",
 }
@@ -121,11 +123,15 @@ def engine_table(record: dict[str, Any]) -> str:
         f"{_engine_inputs(record)}. × floor: the ratio of median wall times "
         "(range of the per-round ratios in brackets); *CPU*: the ratio of the fastest rounds' "
         "CPU times of the process (all threads), which other processes on a shared machine "
-        "disturb least (their noise only ever adds).",
+        "disturb least (their noise only ever adds). The floor is the NCHW model's bare "
+        "forward + backward; *channels_last* and *auto* are the engine with `memory_format` "
+        "(auto: one long-lived scheduler, as a server runs it), with the relative L2 change "
+        "of the map against NCHW and what auto chose.",
         "",
         "| model | method | variant | samples × steps (rows per pass) | floor s "
-        "| engine × floor | Captum NoiseTunnel × floor | per-sample loop × floor |",
-        "|---|---|---|---|---|---|---|---|",
+        + "".join(f"| {label} × floor " for label in ENGINE_LABELS.values())
+        + "| channels_last map change (rel. L2) | auto chose |",
+        "|---|---|---|---|---|" + "---|" * len(ENGINE_LABELS) + "---|---|",
     ]
     for case in cases:
         r = case["results"]
@@ -133,9 +139,16 @@ def engine_table(record: dict[str, Any]) -> str:
         lines.append(
             f"| {case['model']} {case['size']}² | {case['method']} | {case['variant']} | "
             f"{case['nt_samples']} × {case['n_steps']} ({case['batch']}) | "
-            f"{r['floor']['median_s']:.3f} | " + " | ".join(cells) + " |"
+            f"{r['floor']['median_s']:.3f} | "
+            + " | ".join(cells)
+            + f" | {_l2(case)} | {case.get('auto_chose', '—')} |"
         )
     return "\n".join(lines)
+
+
+def _l2(case: dict[str, Any]) -> str:
+    value = case.get("channels_last_rel_l2")
+    return "—" if value is None else f"{value:.1e}"
 
 
 def fusion_table(record: dict[str, Any]) -> str:

@@ -29,14 +29,16 @@ def _allowed(entry: Option) -> str:
 
 def _surfaces(entry: Option) -> str:
     parts = []
-    if entry.spec or entry.name in ("seed", "baseline"):
+    if entry.python:
         parts.append("`explain()`" + (" (`baselines`)" if entry.name == "baseline" else ""))
     if entry.proto:
         parts.append(f"proto `{entry.proto}`")
     if entry.flag:
         parts.append(f"`{entry.flag}`")
     if entry.config:
-        parts.append("model-config")
+        parts.append("model-config `defaults:`")
+    if entry.server_key:
+        parts.append(f"model-config `{entry.server_key}` (server side)")
     return ", ".join(parts)
 
 

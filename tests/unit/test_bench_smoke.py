@@ -102,9 +102,18 @@ def test_engine_bench_runs_lite0_and_keeps_the_other_rows(renderers: Any, tmp_pa
     for case in lite:
         assert case["weights"].startswith("pretrained") and "cat photograph" in case["input"]
         assert case["target_label"] == lite0.categories()[case["target"]]
-        assert set(case["results"]) == {"floor", "engine", "captum_noise_tunnel"}
+        assert set(case["results"]) == {
+            "floor",
+            "engine",
+            "engine_channels_last",
+            "engine_auto",
+            "captum_noise_tunnel",
+        }
+        assert 0 <= case["channels_last_rel_l2"] < 1e-2  # other kernels, the same map
+        assert case["auto_chose"] in ("contiguous", "channels_last")
         machine = case["machine"]
         assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert "native low precision" in machine["cpu_support"]
         assert machine["date"] == record["machine"]["date"] and "load_average_1m_end" in machine
     kept = [case for case in record["cases"] if case["model"] != "efficientnet_lite0"]
     stamp = {"machine": earlier["machine"], "settings": earlier["settings"]}

@@ -37,6 +37,8 @@ from smoothexplain.client.remote import (
     resolve_token,
     status_for_http,
 )
+from smoothexplain.engine import cpu
+from smoothexplain.engine.cpu import CpuSupport
 from smoothexplain.engine.spec import Method
 from smoothexplain.protocol.errors import InvalidArgument
 from smoothexplain.protocol.local_server import STATE_DIR_ENV
@@ -241,7 +243,11 @@ def test_enum_strings_map_to_proto_values(servers: Servers) -> None:
     assert ig.rows == 5 and ig.HasField("convergence_delta")
 
 
-def test_sampling_tolerance_and_precision_reach_the_engine(servers: Servers) -> None:
+def test_sampling_tolerance_and_precision_reach_the_engine(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    native = CpuSupport("AVX512", frozenset({"avx512_bf16"}))  # bf16 runs on any test CPU
+    monkeypatch.setattr(cpu, "cpu_support", lambda: native)
     x = torch.randn(3, 8, 8)
     with servers.client("grpc") as client:
         stopped = client.explain(MODEL, x, seed=1, nt_samples=64, tolerance=0.5)

@@ -81,12 +81,14 @@ def test_every_wire_option_has_one_table_entry() -> None:
 
 def test_explain_keywords_and_defaults_are_the_tables() -> None:
     parameters = inspect.signature(explain).parameters
-    for entry in SPEC_OPTIONS:
-        assert parameters[entry.name].default == entry.default, entry.name
-    engine_only = {"bounds", "seed", "baselines", "nt_samples_batch_size", "memory_budget"}
-    assert set(parameters) - {o.name for o in SPEC_OPTIONS} == {"model", "inputs", "target"} | (
-        engine_only
-    )
+    keyword = {
+        o.name: ("baselines" if o.name == "baseline" else o.name) for o in OPTIONS if o.python
+    }
+    for entry in OPTIONS:
+        if entry.python:
+            assert parameters[keyword[entry.name]].default == entry.default, entry.name
+    beyond = {"model", "inputs", "target", "bounds", "nt_samples_batch_size", "memory_budget"}
+    assert set(parameters) == set(keyword.values()) | beyond
 
 
 def test_make_spec_defaults_are_the_tables() -> None:

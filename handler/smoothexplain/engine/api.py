@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 
 from ..protocol.errors import InvalidArgument
+from .cpu import SlowPrecisionWarning, slow_precision_reason
+from .layout import LayoutSnapshot
 from .noise import job_seed
 from .scheduler import ExplainJob, Scheduler
 from .spec import MAX_SEED, make_spec
@@ -111,6 +114,7 @@ def explain(
     tolerance: float | None = None,
     precision: str = "fp32",
     memory_budget: int | None = None,
+    memory_format: str = "contiguous",
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Smoothed attributions of `model`'s score for `target` at each input (docs/api.md).
 
@@ -137,7 +141,13 @@ def explain(
         tolerance=tolerance,
         precision=precision,
     )
-    scheduler = Scheduler(model, nt_samples_batch_size, memory_budget)  # checks both
+    scheduler = Scheduler(  # checks its arguments
+        model, nt_samples_batch_size, memory_budget, memory_format=memory_format
+    )
+    if slow := slow_precision_reason(
+        spec.precision, inputs.device if isinstance(inputs, torch.Tensor) else torch.device("cpu")
+    ):
+        warnings.warn(slow, SlowPrecisionWarning, stacklevel=2)
     x = _check_inputs(inputs)
     targets = _check_targets(target, x.shape[0])
     bases = _check_baselines(baselines, x)
@@ -152,7 +162,11 @@ def explain(
         )
         for i in range(x.shape[0])
     ]
-    results = scheduler.run(jobs)
+    snapshot = LayoutSnapshot(model)  # a channels_last run converts the weights
+    try:
+        results = scheduler.run(jobs)
+    finally:
+        snapshot.restore()
     attributions = torch.stack([r.attribution for r in results]).to(x.device)
     if not return_convergence_delta:
         return attributions

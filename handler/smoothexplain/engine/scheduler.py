@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..protocol.checks import check_option
 from ..protocol.errors import InvalidArgument, LimitExceeded, ModelOutputError, ResourceExhausted
+from ..protocol.options import MemoryFormat, option
 from .aggregate import Moments
 from .guided import GuidedModel
 from .joint import joint_alphas, joint_rows, point_attributions
+from .layout import LayoutChooser, rows_in
 from .methods import finish_sample
 from .noise import NoiseStream, make_generator, noise_scale
 from .pass_tuning import PassTuner
@@ -207,6 +210,7 @@ class Scheduler:
         memory_budget: int | None = None,
         tune_pass_rows: bool = False,
         refuse_over_budget: bool = False,
+        memory_format: object = "contiguous",
     ) -> None:
         # Named as explain() names them (the server checks its config keys at load).
         if chunk_rows is not None:
@@ -223,6 +227,10 @@ class Scheduler:
         self._precision = Precision.FP32
         self._kind: tuple[object, ...] = ()  # the group being run, for the pass tuner
         self.tuner = PassTuner() if tune_pass_rows else None
+        layout = check_option(option("memory_format"), memory_format, "memory_format")
+        assert isinstance(layout, MemoryFormat)
+        self.layouts = LayoutChooser(layout, model)  # per input shape; the weights follow
+        self._rows_layout = MemoryFormat.CONTIGUOUS
 
     def _row_limit(self, run: _Run) -> int | None:
         """Rows per call: `chunk_rows`, lowered to fit `memory_budget` when one is set."""
@@ -277,10 +285,28 @@ class Scheduler:
         return [_result(run) for run in runs]
 
     def _enter(self, group: list[_Run], guided: GuidedModel | None) -> None:
-        """Make `group` the one being run: its model (guided or not), precision and kind."""
+        """Make `group` the one being run: its model (guided or not), precision, kind and
+        memory layout."""
         self._call = guided if guided is not None and _guided(group[0]) else self.model
         self._precision = group[0].spec.precision
         self._kind = _group_key(group[0])
+        self._rows_layout = self.layouts.layout(group[0].x, self._probe)
+        self.layouts.apply(self._rows_layout)
+
+    def choose_layout(self, x: torch.Tensor) -> MemoryFormat:
+        """The layout rows shaped like `x` will run in (measured now under `auto`, so that a
+        server pays the probe at start-up rather than in its first request)."""
+        self._call, self._precision = self.model, Precision.FP32
+        layout = self.layouts.layout(x, self._probe)
+        self.layouts.apply(layout)
+        return layout
+
+    def _probe(self, rows: torch.Tensor) -> None:
+        """One timed pass for the layout choice: forward + backward to the rows."""
+        leaf = rows.requires_grad_(True)
+        with _autocast(self._precision, leaf.device):
+            out = self._call(leaf)
+        torch.autograd.grad(out.float().sum(), leaf)
 
     def _chunks(self, group: list[_Run]) -> Iterator[tuple[list[_Piece], torch.Tensor]]:
         total = sum(run.total_rows for run in group)
@@ -350,7 +376,8 @@ class Scheduler:
 
     def _try_gradients(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         try:
-            leaf = rows.detach().requires_grad_(True)  # the pieces keep the plain rows
+            # The pieces keep the plain rows; the model sees them in the group's layout.
+            leaf = rows_in(self._rows_layout, rows.detach()).requires_grad_(True)
             with _autocast(self._precision, leaf.device):
                 scores = self._scores(leaf, targets)
             (grads,) = torch.autograd.grad(scores.float().sum(), leaf)

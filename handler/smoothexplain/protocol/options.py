@@ -28,6 +28,7 @@ __all__ = [
     "Encoding",
     "IgRule",
     "IgSampling",
+    "MemoryFormat",
     "Method",
     "NoiseKind",
     "NoiseSampling",
@@ -98,6 +99,14 @@ class IgSampling(StrEnum):
     JOINT = "joint"  # one row per (noise, α) pair, α stratified; two α per sample for sq/vargrad
 
 
+class MemoryFormat(StrEnum):
+    """Layout of the model passes (engine/layout.py): a server-side choice, not on the wire."""
+
+    CONTIGUOUS = "contiguous"  # NCHW
+    CHANNELS_LAST = "channels_last"  # NHWC: oneDNN's faster convolutions on CPU
+    AUTO = "auto"  # the faster of the two, measured once per model and input shape
+
+
 class Encoding(StrEnum):
     """How the server returns the map (the Python `explain()` returns a tensor)."""
 
@@ -126,6 +135,8 @@ class Option:
     config: bool = False  # a model-config `defaults:` key
     spec: bool = True  # an ExplainSpec field (False: the request carries it beside the spec)
     ig_only: bool = False  # applies to integrated gradients only (echoed for IG only)
+    python: bool = True  # an `explain()` keyword
+    server_key: str = ""  # a top-level key of the model-config's `smoothexplain:` section
 
     @property
     def choices(self) -> list[str]:
@@ -287,6 +298,16 @@ OPTIONS: tuple[Option, ...] = (
         proto="encoding",
         config=True,
         spec=False,
+        python=False,
+    ),
+    Option(
+        "memory_format",
+        MemoryFormat,
+        "contiguous",
+        "layout of the model passes: contiguous (NCHW), channels_last (NHWC) or auto (the "
+        "faster, measured once per model and input shape)",
+        spec=False,
+        server_key="memory_format",
     ),
 )
 

@@ -131,6 +131,9 @@ class ServingConfig:
     auto_memory_budget: bool = True
     tune_pass_rows: bool = False  # calls of the measured-fastest size (answers vary ~1e-7)
     keep_freed_memory: bool = True  # worker's malloc reuses freed activations (allocator.py)
+    # Layout of the model passes (engine/layout.py); fixed, so every worker runs the same
+    # kernels and a request with a seed gives the same bits whichever worker serves it.
+    memory_format: str = "contiguous"
     preprocess: Preprocess = Preprocess()
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
@@ -217,6 +220,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> ServingConfig:
             field="limits.max_batch_seconds",
         )
     check_integer("nt_samples_batch_size", config.nt_samples_batch_size, 1)
+    check_option(option("memory_format"), config.memory_format, "memory_format")
     _check_defaults(config.defaults, config.limits)
     pre = config.preprocess
     if len(pre.mean) != len(pre.std) or not all(math.isfinite(v) for v in (*pre.mean, *pre.std)):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from .._proto.smoothexplain.v1 import explain_pb2 as pb
+from ..engine.cpu import slow_precision_reason
 from ..engine.spec import SPEC_OPTIONS, ExplainSpec, Method, make_spec
 from ..protocol.checks import check_option, finite_float32
 from ..protocol.errors import InvalidArgument, LimitExceeded
@@ -80,6 +81,8 @@ def decode(
             field="top_k",
         )
     spec = spec_of(request.options, config, bounds) if request.explain else None
+    if spec is not None and (slow := slow_precision_reason(spec.precision, device)):
+        raise InvalidArgument(f"options.{slow}", field="options.precision")
     return Decoded(request, inputs, top_k, crop, spec)
 
 

@@ -32,6 +32,7 @@ import yaml
 from PIL import Image
 
 from .._proto.smoothexplain.v1 import explain_pb2 as pb
+from ..engine.cpu import cpu_support
 from ..engine.spec import Method
 from ..protocol.errors import SmoothExplainError
 from .codec import tensor_to_message
@@ -208,7 +209,11 @@ def check_model_dir(model_dir: Path) -> CheckReport:
     report.say(f"  output {_check_labels(labels, classes, config)}")
     report.say(f"  batch  {_check_batch(model, rows, config)}")
     report.say(f"  predict {predict_ms:.1f} ms/row")
-    service = ExplainService(model, config, labels, torch.device("cpu"), model_dir.name)
+    report.say(f"  cpu    {cpu_support().describe()}")
+    try:
+        service = ExplainService(model, config, labels, torch.device("cpu"), model_dir.name)
+    except SmoothExplainError as error:  # e.g. defaults.precision this CPU cannot run fast
+        raise CheckFailed(error.message) from None
     report.say(f"  image  {_check_image(service, config)}")
     _check_methods(service, rows[0], report)
     return report

@@ -21,7 +21,9 @@ import torch
 
 from .._proto.smoothexplain.v1 import explain_pb2 as pb
 from ..engine import ExplainJob, JobResult, Scheduler, SchedulerStats, guided_refusal
-from ..engine.spec import ExplainSpec, Method
+from ..engine.cpu import cpu_support, slow_precision_reason
+from ..engine.layout import rows_in
+from ..engine.spec import ExplainSpec, Method, Precision
 from ..protocol.errors import (
     InternalError,
     InvalidArgument,
@@ -94,6 +96,10 @@ class ExplainService:
         metrics: ServiceMetrics | None = None,
         response_timeout: float | None = None,  # TorchServe's, seconds: explanations stop in time
     ) -> None:
+        slow = slow_precision_reason(Precision(str(config.defaults["precision"])), device)
+        if slow:  # the model's own default: refused at load, not on every request
+            raise InvalidArgument(f"defaults.{slow}", field="defaults.precision")
+        log.info("%s", cpu_support().describe() if device.type == "cpu" else device)
         self.model, self.config, self.labels = model, config, labels
         self.device, self.model_name, self.metrics = device, model_name, metrics
         self.response_timeout = response_timeout
@@ -110,6 +116,7 @@ class ExplainService:
             memory_budget,
             tune_pass_rows=config.tune_pass_rows,
             refuse_over_budget=hard,
+            memory_format=config.memory_format,
         )
         self.costs = CostModel()  # seconds per row-feature, for admission by cost
         self._reprobed: set[int] = set()  # input sizes probed again before a refusal
@@ -124,10 +131,13 @@ class ExplainService:
         x = torch.zeros(rows, *one, device=self.device)
         best = math.inf
         try:
+            layout = self.scheduler.choose_layout(x[0])  # `auto` measures it here, once
+            log.info("memory layout %s for inputs of shape %s", layout.value, one)
+            x = rows_in(layout, x)
             for _ in range(2):
                 started = time.perf_counter()
-                rows_in = x.clone().requires_grad_(True)
-                torch.autograd.grad(self.model(rows_in).amax(dim=1).sum(), rows_in)
+                leaf = x.clone().requires_grad_(True)
+                torch.autograd.grad(self.model(leaf).amax(dim=1).sum(), leaf)
                 best = min(best, time.perf_counter() - started)
         except Exception as error:  # a model for other input shapes: learn from runs only
             log.info(

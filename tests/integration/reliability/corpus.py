@@ -27,12 +27,15 @@ from typing import Any
 
 import grpc
 import requests
+import torch
 import yaml
 from google.protobuf import json_format
 
 from smoothexplain._proto.smoothexplain.v1 import explain_pb2 as pb
 from smoothexplain._proto.torchserve import inference_pb2 as ts
 from smoothexplain._proto.torchserve import inference_pb2_grpc as ts_grpc
+from smoothexplain.engine.cpu import slow_precision_reason
+from smoothexplain.protocol.options import Precision
 from smoothexplain.serving.codec import GRPC_KEY
 
 from .payloads import MARK, image_bytes, sample_png, tensor_json
@@ -115,6 +118,12 @@ def load_cases(path: Path = CORPUS) -> list[Case]:
         if "form" in body or "urlencoded" in body:
             default = ["rest"]
         transports = tuple(entry.pop("send", default))
+        for precision, name in (
+            (Precision.BF16, "PRECISION_BF16"),
+            (Precision.FP16, "PRECISION_FP16"),
+        ):
+            if name in json.dumps(body) and slow_precision_reason(precision, torch.device("cpu")):
+                entry["field"] = "options.precision"  # this CPU refuses it first (issue 17)
         cases.append(Case(transports=transports, body=body, **entry))
     ids = [c.id for c in cases]
     if len(ids) != len(set(ids)):
