@@ -13,6 +13,7 @@ and merges its rows into an existing result file (the other rows keep their own 
 from __future__ import annotations
 
 import argparse
+import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -140,19 +141,6 @@ def contenders(
             leaf = chunk.requires_grad_(True)
             torch.autograd.grad(model(leaf)[:, target].sum(), leaf)
 
-    def engine() -> None:
-        explain(
-            model,
-            x,
-            target,
-            method=case.method,
-            nt_samples=nt_samples,
-            nt_samples_batch_size=case.batch,
-            stdevs=STDEV,
-            n_steps=case.n_steps,
-            seed=1,
-        )
-
     def captum() -> None:
         tunnel = NoiseTunnel(IntegratedGradients(model) if ig else Saliency(model))
         extra = {"n_steps": case.n_steps} if ig else {"abs": False}
@@ -190,9 +178,11 @@ def contenders(
 
         return run
 
+    engine = engine_in("contiguous")
     # `auto` as a server runs it: one long-lived scheduler that measured the layout once.
     spec = make_spec(method=case.method, nt_samples=nt_samples, stdevs=STDEV, n_steps=case.n_steps)
-    lasting = Scheduler(model, case.batch, memory_format="auto")
+    # Its own copy of the model: the layout it gives the weights must not reach the others.
+    lasting = Scheduler(copy.deepcopy(model), case.batch, memory_format="auto")
 
     def engine_auto() -> None:
         lasting.run([ExplainJob(inputs=x[0], target=target, spec=spec, seed=1)])

@@ -55,7 +55,6 @@ class LayoutChooser:
         self.choice, self.model = choice, model
         self.chosen: dict[tuple[object, ...], MemoryFormat] = {}  # by input shape (auto)
         self.seconds: dict[tuple[object, ...], dict[MemoryFormat, float]] = {}
-        self._weights: MemoryFormat | None = None  # the layout the weights were last given
 
     def layout(self, x: torch.Tensor, probe: Callable[[torch.Tensor], None]) -> MemoryFormat:
         """The layout for rows shaped like `x` (one input); `probe(rows)` runs one pass."""
@@ -69,14 +68,12 @@ class LayoutChooser:
         return self.chosen[key]
 
     def apply(self, layout: MemoryFormat) -> None:
-        """Give the model's weights `layout` (a no-op when they have it or it is no module)."""
-        if self._weights is layout or not isinstance(self.model, nn.Module):
+        """Give the model's weights `layout`, judged from the weights themselves (someone else
+        may have converted them since). A fixed `contiguous` choice never touches them."""
+        if self.choice is MemoryFormat.CONTIGUOUS or not isinstance(self.model, nn.Module):
             return
-        if self._weights is None and layout is MemoryFormat.CONTIGUOUS:
-            self._weights = layout  # as loaded: leave the caller's weights alone
-            return
-        self.model.to(memory_format=TORCH_FORMATS[layout])
-        self._weights = layout
+        if _weights_layout(self.model) not in (None, layout):
+            self.model.to(memory_format=TORCH_FORMATS[layout])
 
     def _measure(
         self, key: tuple[object, ...], x: torch.Tensor, probe: Callable[[torch.Tensor], None]
@@ -95,6 +92,20 @@ class LayoutChooser:
         if best[MemoryFormat.CHANNELS_LAST] > 0.97 * best[MemoryFormat.CONTIGUOUS]:
             faster = MemoryFormat.CONTIGUOUS
         return faster
+
+
+def _weights_layout(model: nn.Module) -> MemoryFormat | None:
+    """The layout of the model's first 4-D parameter whose two layouts differ in memory (not
+    a 1x1 kernel); None when it has none."""
+    for tensor in model.parameters():
+        if tensor.dim() == 4 and tensor.shape[1] > 1 and tensor.shape[2] * tensor.shape[3] > 1:
+            nhwc = tensor.is_contiguous(memory_format=torch.channels_last)
+            return (
+                MemoryFormat.CHANNELS_LAST
+                if nhwc and not tensor.is_contiguous()
+                else (MemoryFormat.CONTIGUOUS)
+            )
+    return None
 
 
 def rows_in(layout: MemoryFormat, rows: torch.Tensor) -> torch.Tensor:
