@@ -47,7 +47,7 @@ from ..protocol.checks import check_integer, check_option
 from ..protocol.errors import InvalidArgument, grpc_code_of_http, http_of_grpc_code
 from ..protocol.keyfile import read_key
 from ..protocol.local_server import read_record
-from ..protocol.options import option, to_proto
+from ..protocol.options import option, refuse_unknown, to_proto
 from ..protocol.tensors import GRPC_KEY, array_to_message, message_to_array
 
 if TYPE_CHECKING:
@@ -324,14 +324,15 @@ def _dtype_name(image: object) -> str:
 
 def _options(values: Mapping[str, object]) -> pb.ExplainOptions:
     """ExplainOptions from `explain`'s keywords, each value checked against the options table
-    here, before any network call (an unknown name is a TypeError, from `to_proto`)."""
-    message = to_proto(values)  # refuses unknown names first
-    checked = {
-        name: check_option(option(name), value, f"options.{name}")
-        for name, value in values.items()
-        if value is not None
-    }
-    return to_proto(checked) if checked else message
+    here, before any network call (an unknown name is a TypeError)."""
+    refuse_unknown(values)
+    return to_proto(
+        {
+            name: check_option(option(name), value, f"options.{name}")
+            for name, value in values.items()
+            if value is not None
+        }
+    )
 
 
 def _in_range(field: str, value: int | None, low: int, high: int) -> int | None:

@@ -1,10 +1,11 @@
 """Memory layout of the model passes (issue 17): NCHW (`contiguous`) or NHWC (`channels_last`),
 fixed or measured per model and input shape (`auto`).
 
-channels_last runs oneDNN's NHWC convolutions on CPU: fwd+bwd to the input took 0.74-0.86x the
-NCHW time on ResNet-18/50 and EfficientNet-Lite0 on this project's CPU machine, and changes the
-gradients by about 1e-4 to 4e-3 relative L2 (other kernels), far below a 50-sample map's
-Monte-Carlo spread. Both the weights and the rows take the layout (rows alone gain less).
+channels_last runs oneDNN's NHWC convolutions on CPU. How much it saves depends on the CPU:
+fwd+bwd to the input took 0.74-0.86x the NCHW time on ResNet-18/50 and EfficientNet-Lite0 on an
+AVX2 machine (issue 17) and 0.90-0.93x on an AVX512 one (2026-12-04). It changes the gradients by
+kernel rounding (about 1e-4 to 4e-3 relative L2), far below a 50-sample map's Monte-Carlo
+spread. Both the weights and the rows take the layout (rows alone gain less).
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ class LayoutSnapshot:
         if isinstance(model, nn.Module):
             for tensor in (*model.parameters(), *model.buffers()):
                 if tensor.dim() == 4:
-                    last = tensor.is_contiguous(memory_format=torch.channels_last)
-                    self.tensors.append((tensor, last and not tensor.is_contiguous()))
+                    self.tensors.append((tensor, _nhwc(tensor)))
 
     def restore(self) -> None:
         for tensor, channels_last in self.tensors:
@@ -99,13 +99,13 @@ def _weights_layout(model: nn.Module) -> MemoryFormat | None:
     a 1x1 kernel); None when it has none."""
     for tensor in model.parameters():
         if tensor.dim() == 4 and tensor.shape[1] > 1 and tensor.shape[2] * tensor.shape[3] > 1:
-            nhwc = tensor.is_contiguous(memory_format=torch.channels_last)
-            return (
-                MemoryFormat.CHANNELS_LAST
-                if nhwc and not tensor.is_contiguous()
-                else (MemoryFormat.CONTIGUOUS)
-            )
+            return MemoryFormat.CHANNELS_LAST if _nhwc(tensor) else MemoryFormat.CONTIGUOUS
     return None
+
+
+def _nhwc(tensor: torch.Tensor) -> bool:
+    """Stored channels_last (and not also plain contiguous, as a 1x1 kernel is)."""
+    return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
 
 
 def rows_in(layout: MemoryFormat, rows: torch.Tensor) -> torch.Tensor:

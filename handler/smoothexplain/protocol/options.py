@@ -40,6 +40,7 @@ __all__ = [
     "finite",
     "from_proto",
     "option",
+    "refuse_unknown",
     "to_proto",
 ]
 
@@ -156,11 +157,6 @@ class Option:
         low = "-inf" if self.low is None else shown(self.low)
         high = "inf" if self.high is None else shown(self.high)
         return f"{left}{low}, {high}{right}"
-
-    def contains(self, number: float) -> bool:
-        if self.low is not None and (number <= self.low if self.open_low else number < self.low):
-            return False
-        return self.high is None or (number < self.high if self.open_high else number <= self.high)
 
 
 def _enum(name: str, kind: type[StrEnum], help: str, default: str = "", **more: Any) -> Option:
@@ -385,12 +381,17 @@ def from_proto(message: pb.ExplainOptions) -> dict[str, object]:
     return values
 
 
-def to_proto(values: Mapping[str, object]) -> pb.ExplainOptions:
-    """ExplainOptions holding `values` (Python names; None or absent: unset). Unknown names are
-    a TypeError; a value the field cannot hold is `InvalidArgument` naming `options.<name>`."""
+def refuse_unknown(values: Mapping[str, object]) -> None:
+    """TypeError naming the keys of `values` that are no wire option."""
     unknown = sorted(set(values) - {o.name for o in OPTIONS if o.proto})
     if unknown:
         raise TypeError(f"unknown explain options {unknown}")
+
+
+def to_proto(values: Mapping[str, object]) -> pb.ExplainOptions:
+    """ExplainOptions holding `values` (Python names; None or absent: unset). Unknown names are
+    a TypeError; a value the field cannot hold is `InvalidArgument` naming `options.<name>`."""
+    refuse_unknown(values)
     message = pb.ExplainOptions()
     for name, value in values.items():
         entry, field = option(name), f"options.{name}"
