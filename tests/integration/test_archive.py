@@ -352,6 +352,23 @@ def test_an_existing_archive_is_kept_unless_forced(files: dict[str, Path], tmp_p
     assert (store / "user.mar").read_bytes()[:2] == b"PK"
 
 
+def test_serve_stops_at_once_on_an_archive_that_can_never_load(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """An archive built with --no-check whose model class is missing: TorchServe would restart
+    its worker until the startup timeout; serve reads the worker's refusal and exits with it."""
+    store = tmp_path / "store"
+    code, output = _archive(store, "broken", *_eager(files, "NoSuchNet"), "--no-check")
+    assert code == 0, output
+    serve = ServeProcess(tmp_path / "w", store, ["broken=broken.mar"])
+    with pytest.raises(RuntimeError, match="serve did not start"):
+        serve.start(timeout=200)
+    log = serve.log.read_text()
+    assert serve.returncode == 1, log
+    assert "refused at load" in log and "broken: model_class" in log and "NoSuchNet" in log, log
+    assert "not ready after" not in log, log  # it did not sit out --startup-timeout
+
+
 def _readme_block(marker: str) -> str:
     text = (REPO_ROOT / "README.md").read_text()
     after = text[text.index(f"<!-- readme-test: {marker}") :]

@@ -270,7 +270,11 @@ def _raw() -> dict[str, object]:
 @pytest.mark.parametrize(
     ("raw", "field"),
     [
-        ({"auto_memory_budget": "yes"}, "smoothexplain.auto_memory_budget"),
+        ({"auto_memory_budget": "yes"}, "auto_memory_budget"),
+        ({"memory_format": 3}, "memory_format"),  # wrong type and wrong value: one name
+        ({"memory_format": "nhwc"}, "memory_format"),
+        ({"nt_samples_batch_size": "8"}, "nt_samples_batch_size"),
+        ({"nt_samples_batch_size": 0}, "nt_samples_batch_size"),
         ({"limits": {"max_aspect_ratio": 0.5}}, "limits.max_aspect_ratio"),
         ({"limits": {"max_aspect_ratio": float("nan")}}, "limits.max_aspect_ratio"),
         ({"limits": {"max_aspect_ratio": float("inf")}}, "limits.max_aspect_ratio"),

@@ -28,11 +28,12 @@ composes them. Typical use::
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from ..protocol.errors import LOAD_REFUSED_MARK
 from ..protocol.keyfile import KeyFile, KeyFileError, TokenKind, bearer, load_key_file
 from . import management
 from .keyrotation import KeyKind
@@ -72,12 +73,32 @@ __all__ = [
     "free_port",
     "free_ports",
     "is_loopback",
+    "load_refusals",
 ]
 
 _KEY_FILE_READS = 20  # TorchServe rewrites the file on renewal: retry a torn read for ~1 s
 _KEY_FILE_PAUSE_S = 0.05
 _READY_POLL_S = 0.25
 _LOG_TAIL_LINES = 60
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def load_refusals(logs: Iterable[str]) -> dict[str, str]:
+    """Model name → the reason, from the worker-log lines `ts_handler` marks (LOAD_REFUSED_MARK)."""
+    refused: dict[str, str] = {}
+    for text in logs:
+        for line in text.splitlines():
+            _, mark, rest = line.partition(LOAD_REFUSED_MARK)
+            name, colon, why = rest.strip().partition(": ")
+            if mark and colon:
+                refused[name] = why.strip()
+    return refused
 
 
 class TorchServeInstance:
@@ -131,6 +152,7 @@ class TorchServeInstance:
         self.key_file = self.workdir / "key_file.json"
         self.console_log = self.workdir / "torchserve.console.log"
         self.startup_seconds: float | None = None
+        self._log_starts: dict[Path, int] = {}  # where this launch's lines begin, per log file
 
         self._group: ProcessGroup | None = None  # the running group; None once stopped
         self._pgid: int | None = None  # the last group's id, kept after stop()
@@ -233,6 +255,7 @@ class TorchServeInstance:
 
     def _launch(self) -> None:
         self.key_file.unlink(missing_ok=True)
+        self._log_starts = {path: _size(path) for path in self.log_files()}  # older runs' lines
         self.write_config()
         self._group = ProcessGroup(
             self.command(), cwd=self.workdir, env=self.server_env(), log=self.console_log
@@ -246,6 +269,7 @@ class TorchServeInstance:
         last_error = "no attempt yet"
         while True:
             self._check_alive()
+            self._check_refusals(pending)
             if self.key_file.is_file() or not self.token_auth:
                 last_error = self._poll_models(pending) or last_error
                 if not pending:
@@ -258,6 +282,16 @@ class TorchServeInstance:
                     f"{sorted(pending)}; last: {last_error})\n{self.log_tail()}"
                 )
             time.sleep(_READY_POLL_S)
+
+    def _check_refusals(self, pending: set[str]) -> None:
+        """Raise at once when a pending model's worker logged that it can never load: TorchServe
+        would restart it until the startup timeout, logging the same error each time."""
+        starts = self._log_starts
+        refused = load_refusals(read_log(path, starts.get(path, 0)) for path in self.log_files())
+        mine = {name: why for name, why in refused.items() if name in pending}
+        if mine:
+            lines = "\n".join(f"  {name}: {why}" for name, why in sorted(mine.items()))
+            raise TorchServeError(f"model(s) refused at load (fix the archive):\n{lines}")
 
     def _poll_models(self, pending: set[str]) -> str:
         """Drop the models with a READY worker from ``pending``; the last problem seen."""

@@ -21,7 +21,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Starts the worker-log line of a model whose configuration can never load (a config error,
+#: not a transient failure): `serve` stops waiting for it at once and prints the line.
+LOAD_REFUSED_MARK = "smoothexplain: model refused at load:"
+
 __all__ = [
+    "LOAD_REFUSED_MARK",
     "DeadlineExceeded",
     "ErrorStatus",
     "InternalError",

@@ -140,6 +140,9 @@ class ServingConfig:
 
 
 def _section(cls: type[Any], raw: object, name: str) -> Any:
+    """One section's dataclass; `name` "smoothexplain" is the top level, whose keys (like the
+    value checks after parsing) are named without a prefix: `memory_format`, not
+    `smoothexplain.memory_format`."""
     if raw is None:
         return cls()
     if not isinstance(raw, Mapping):
@@ -161,9 +164,10 @@ def _section(cls: type[Any], raw: object, name: str) -> Any:
             and not isinstance(value, type(default))
             and not (isinstance(default, float) and isinstance(value, int))
         ):
+            path = key if name == "smoothexplain" else f"{name}.{key}"
             raise InvalidArgument(
-                f"model config '{name}.{key}' must be a {type(default).__name__}, got {value!r}",
-                field=f"{name}.{key}",
+                f"model config '{path}' must be a {type(default).__name__}, got {value!r}",
+                field=path,
             )
         values[key] = value
     return cls(**values)

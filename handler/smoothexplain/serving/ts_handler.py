@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..protocol.errors import LOAD_REFUSED_MARK, SmoothExplainError
 from .allocator import keep_freed_memory
 from .codec import GRPC_KEY
 from .config import parse_config
@@ -114,6 +115,15 @@ class SmoothExplainHandler:
         self.service: ExplainService | None = None
 
     def initialize(self, context: Any) -> None:
+        name = str(context.manifest.get("model", {}).get("modelName", ""))
+        try:
+            self._initialize(context, name)
+        except SmoothExplainError as error:  # the same on every restart: say so once, clearly
+            message = " ".join(str(error).split())
+            log.error("%s %s: %s", LOAD_REFUSED_MARK, name or "(unnamed)", message)
+            raise
+
+    def _initialize(self, context: Any, name: str) -> None:
         properties: Mapping[str, Any] = context.system_properties
         model_dir = Path(properties["model_dir"])
         raw = (getattr(context, "model_yaml_config", None) or {}).get("smoothexplain")
@@ -121,7 +131,6 @@ class SmoothExplainHandler:
         kept = config.keep_freed_memory and keep_freed_memory()
         device = _device(properties)
         model = load_model(model_dir, config, device)
-        name = str(context.manifest.get("model", {}).get("modelName", ""))
         labels = load_labels(model_dir, config)
         metrics = ServiceMetrics(name, device)  # files under $PROMETHEUS_MULTIPROC_DIR when set
         timeout = _response_timeout(context)
