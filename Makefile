@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 QUIET := 2>&1 | { grep -v '^WARNING: Location' || true; }
 
-.PHONY: help install java protos model run stop test lint unit bench bench-gpu report soak clean
+.PHONY: help install java browser protos model run stop test lint unit bench bench-gpu report soak clean
 
 help:
 	@echo "make run     install, build the demo model, start TorchServe, explain one image"
@@ -49,6 +49,13 @@ java:
 	@command -v java >/dev/null || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q openjdk-17-jre-headless; }
 
+# The explorer's browser tests (tests/integration/test_explorer.py) drive Debian's Chromium
+# through its chromedriver; install both where either is missing.
+browser:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+		chromium chromium-driver; }
+
 # Start TorchServe in the background (run/), explain a generated image over gRPC, print where.
 run: model
 	$(BIN)/python -m smoothexplain.demo.run --run-dir run --store model_store
@@ -64,7 +71,7 @@ lint: install
 unit: install
 	$(BIN)/pytest tests/unit
 
-test: install lint model
+test: install lint model browser
 	$(BIN)/pytest
 
 # Performance benchmarks on CPU (about 15 min on 2 cores), then README tables + plots.

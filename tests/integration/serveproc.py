@@ -19,13 +19,23 @@ PORT_FLAGS = ("inference", "management", "metrics", "grpc-inference", "grpc-mana
 
 
 class ServeProcess:
-    """`python -m smoothexplain.client.cli serve` on free loopback ports, files under `workdir`."""
+    """`python -m smoothexplain.client.cli serve` on free loopback ports, files under `workdir`.
+
+    The explorer page is off (`--no-explorer`) unless `explorer`: then it gets a free port too,
+    so no test server ever takes the default 8084 of a server `make run` left running."""
 
     def __init__(
-        self, workdir: Path, store: Path, models: Sequence[str], extra: Sequence[str] = ()
+        self,
+        workdir: Path,
+        store: Path,
+        models: Sequence[str],
+        extra: Sequence[str] = (),
+        explorer: bool = False,
     ) -> None:
         self.workdir, self.store, self.models, self.extra = workdir, store, models, extra
-        self.ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        flags = (*PORT_FLAGS, "explorer") if explorer else PORT_FLAGS
+        self.ports = dict(zip(flags, free_ports(len(flags)), strict=True))
+        self.explorer = explorer
         self.log = workdir.parent / f"{workdir.name}.serve.log"
         self.endpoints: dict[str, Any] = {}
         self.returncode: int | None = None
@@ -45,6 +55,7 @@ class ServeProcess:
             "--models",
             *self.models,
             *ports,
+            *([] if self.explorer else ["--no-explorer"]),
             *self.extra,
         ]
 

@@ -15,18 +15,20 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "handler" / "smoothexplain"
-ROOMS = ("protocol", "engine", "serving", "ops", "client", "demo")
+ROOMS = ("protocol", "engine", "serving", "ops", "client", "explorer", "demo")
 # Which of our rooms each room may import at module level ("_proto" is the generated wire
-# format). The client and the protocol need no torch; the engine knows nothing of serving.
+# format). The client, the protocol and the explorer page need no torch; the engine knows
+# nothing of serving.
 ALLOWED: dict[str, set[str]] = {
     "protocol": {"protocol", "_proto"},
     "engine": {"engine", "protocol"},
     "serving": {"serving", "engine", "protocol", "_proto"},
-    "ops": {"ops", "serving", "engine", "protocol", "_proto"},
+    "ops": {"ops", "serving", "engine", "protocol", "explorer", "_proto"},
     "client": {"client", "protocol", "_proto"},
+    "explorer": {"explorer", "protocol", "_proto"},
     "demo": set(ROOMS) | {"_proto"},
 }
-NO_TORCH = ("protocol", "client")
+NO_TORCH = ("protocol", "client", "explorer")
 HEAVY = ("torch", "torchvision", "ts", "prometheus_client", "yaml", "captum")
 
 
@@ -118,12 +120,18 @@ def test_the_public_names_are_pinned() -> None:
         assert getattr(smoothexplain, name) is not None
 
 
-def test_importing_the_client_loads_neither_torch_nor_serving() -> None:
+@pytest.mark.parametrize(
+    "imports",
+    [
+        "smoothexplain.client, smoothexplain.client.cli, smoothexplain.protocol.options",
+        "smoothexplain.explorer",  # the page's server, inside serve but torch-free itself
+    ],
+)
+def test_importing_the_client_loads_neither_torch_nor_serving(imports: str) -> None:
     code = (
-        "import sys, smoothexplain.client, smoothexplain.client.cli;"
-        "import smoothexplain.protocol.options;"
+        f"import sys, {imports};"
         "bad = sorted({'.'.join(m.split('.')[:2]) for m in sys.modules"
-        " if m.split('.')[0] in {'torch', 'torchvision', 'ts'}"
+        " if m.split('.')[0] in {'torch', 'torchvision', 'ts', 'skimage'}"
         " or m.split('.')[:2] in (['smoothexplain', r] for r in ('serving', 'engine', 'ops'))});"
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -148,6 +148,21 @@ def _star(run_dir: Path, label: str, client: SmoothExplainClient) -> tuple[Path,
     return sample, response
 
 
+def _explorer_lines(endpoints: dict[str, object], workdir: Path) -> list[str]:
+    """Where the explorer page is and its current login link (a one-time token)."""
+    url = endpoints.get("explorer")
+    if not url:
+        return []
+    login = workdir / "explorer_login"
+    link = login.read_text().strip() if login.is_file() else f"{url} (see {login})"
+    port = str(url).rstrip("/").rsplit(":", 1)[-1]
+    return [
+        f"  explorer   {link}",
+        f"             (one login per link; the next one is in {login}; from another machine:"
+        f" ssh -L {port}:127.0.0.1:{port} THIS_HOST)",
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", type=Path, default=Path("run"))
@@ -177,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"p={star.top_k[0].probability:.3f}; {run_dir / 'heatmap.png'}, {run_dir / 'overlay.png'}",
         f"  REST       {endpoints['rest']}/explanations/{LITE0}  (and /predictions/{LITE0})",
         f"  gRPC       {endpoints['grpc']}  (TorchServe's InferenceAPIsService/Predictions)",
+        *_explorer_lines(endpoints, run_dir / "server"),
         f"  metrics    {endpoints['metrics']}",
         f"  token      {key_file}  (the CLI finds it through "
         f"{'the server record' if recorded else 'SMOOTHEXPLAIN_KEY_FILE'})",

@@ -7,13 +7,15 @@ own exporter port (exporter.py), writes `endpoints.json` and `serve.pid` into it
 once every model is READY, and stops TorchServe's whole process group and the exporter on
 SIGTERM or SIGINT. Every few seconds it looks for a model whose worker TorchServe lost and
 restarts it through the management API (watchdog.py). `stop` sends that SIGTERM.
-`--tls-cert/--tls-key` turn on TLS for REST, gRPC and the exporter.
+`--tls-cert/--tls-key` turn on TLS for REST, gRPC, the exporter and the explorer. The explorer
+page (explorer/, `--explorer-port`, default 8084; `--no-explorer`) starts once the models are
+ready; its login link, with a one-time token, is printed and kept in `explorer_login`.
 """
 
 from __future__ import annotations
 
 import argparse
-import ipaddress
+import dataclasses
 import json
 import os
 import shutil
@@ -22,11 +24,18 @@ import ssl
 import threading
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 from types import FrameType
 from typing import TypeAlias
 
+import yaml
+
+from ..explorer import ExplorerServer, ExplorerSettings, ModelFacts
+from ..explorer.guard import is_loopback
+from ..protocol.errors import InvalidArgument
 from ..protocol.local_server import ServerRecord, clear_record, read_record, write_record
+from ..serving.config import parse_config
 from ..serving.metrics import ServerCollector, worker_collector
 from .exporter import Exporter, Probes, TlsFiles
 from .keyrotation import KeyRenewer
@@ -38,6 +47,7 @@ __all__ = ["add_serve", "add_stop", "run_serve", "run_stop", "server_probes"]
 Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 DEFAULT_WORKDIR = Path("run/server")
 WATCH_SECONDS = 5.0  # between looks for models whose worker TorchServe lost (watchdog.py)
+DEFAULT_EXPLORER_PORT = 8084
 DEFAULT_KEY_MINUTES = 60.0  # TorchServe's own default token_expiration_min
 MIN_KEY_MINUTES = 0.2  # 12 s: a key must outlive a few WATCH_SECONDS (short ones are for tests)
 
@@ -112,6 +122,20 @@ def add_serve(subparsers: Subparsers) -> None:
     parser.add_argument("--tls-cert", type=Path, help="PEM certificate: HTTPS and gRPC TLS")
     parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--explorer-port",
+        type=int,
+        default=DEFAULT_EXPLORER_PORT,
+        help=f"port of the explorer page (default {DEFAULT_EXPLORER_PORT}; 0: a free port)",
+    )
+    parser.add_argument(
+        "--explorer-host",
+        help="bind address of the explorer page (default: --host); beyond loopback only with "
+        "--tls-cert/--tls-key",
+    )
+    parser.add_argument(
+        "--no-explorer", dest="explorer", action="store_false", help="serve no explorer page"
+    )
     parser.set_defaults(run=run_serve)
 
 
@@ -128,11 +152,15 @@ def add_stop(subparsers: Subparsers) -> None:
 
 
 def _endpoints(
-    instance: TorchServeInstance, exporter: Exporter, tls: TlsFiles | None
+    instance: TorchServeInstance,
+    exporter: Exporter,
+    tls: TlsFiles | None,
+    explorer: ExplorerServer | None,
 ) -> dict[str, object]:
     rest = f"https://{instance.host}:{instance.ports.inference}" if tls else instance.inference_url
     return {
         "rest": rest,
+        "explorer": explorer.url if explorer else None,  # the login link: explorer_login
         "grpc": instance.grpc_target,
         "tls": tls is not None,
         "metrics": f"{exporter.url}/metrics",
@@ -174,7 +202,7 @@ def _overrides(args: argparse.Namespace, tls: TlsFiles | None) -> dict[str, str]
     """config.properties keys on top of the launcher's: management stays on loopback whatever
     --host says; TorchServe 0.12's TLS keys when asked for."""
     metrics_host = args.metrics_host or args.host
-    if not args.token_auth and not _loopback(args.host):
+    if not args.token_auth and not is_loopback(args.host):
         raise SystemExit("error: --no-token-auth needs a loopback --host (127.0.0.1)")
     values = {
         "management_address": f"http://127.0.0.1:{args.management_port}",
@@ -197,13 +225,52 @@ def _overrides(args: argparse.Namespace, tls: TlsFiles | None) -> dict[str, str]
     return values
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+def _explorer_host(args: argparse.Namespace, tls: TlsFiles | None) -> str:
+    """The explorer's bind address; beyond loopback only over TLS (its session cookie and the
+    photos would otherwise cross the network in clear)."""
+    host: str = args.explorer_host or args.host
+    if args.explorer and tls is None and not is_loopback(host):
+        raise SystemExit(
+            f"error: the explorer would listen on {host} without TLS; give --tls-cert and "
+            "--tls-key, or --explorer-host 127.0.0.1 (and an SSH tunnel), or --no-explorer"
+        )
+    return host
+
+
+def _model_facts(archive: Path) -> ModelFacts:
+    """The explorer's view of one archive's model-config (defaults, limits, crop); the
+    table's defaults where the archive cannot be read (TorchServe reports that itself)."""
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        with zipfile.ZipFile(archive) as mar:
+            raw = yaml.safe_load(mar.read("model-config.yaml")) or {}
+        config = parse_config(raw.get("smoothexplain") if isinstance(raw, dict) else None)
+    except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError, InvalidArgument):
+        return ModelFacts()
+    return ModelFacts(
+        defaults=dict(config.defaults.values),
+        top_k=config.defaults.top_k,
+        limits=dataclasses.asdict(config.limits),
+        size=config.preprocess.size,
+        resize=config.preprocess.resize,
+    )
+
+
+def _explorer(
+    args: argparse.Namespace, instance: TorchServeInstance, tls: TlsFiles | None, host: str
+) -> ExplorerServer:
+    upstream = "https" if tls else "http"
+    inference = "127.0.0.1" if instance.host in ("0.0.0.0", "", "::") else instance.host
+    models = {n: _model_facts(instance.model_store / f) for n, f in instance.models.items()}
+    settings = ExplorerSettings(
+        host=host,
+        port=args.explorer_port,
+        models=models,
+        upstream_url=f"{upstream}://{inference}:{instance.ports.inference}",
+        key_file=instance.key_file if instance.token_auth else None,
+        tls=tls.server_context() if tls else None,
+        login_file=args.workdir / "explorer_login",
+    )
+    return ExplorerServer(settings)
 
 
 def _ready(instance: TorchServeInstance, tls: TlsFiles | None) -> bool:
@@ -269,6 +336,7 @@ def run_serve(args: argparse.Namespace) -> int:
         grpc_management=args.grpc_management_port,
     )
     tls = _tls(args)
+    explorer_host = _explorer_host(args, tls)
     instance = TorchServeInstance(
         args.model_store,
         args.models,
@@ -291,19 +359,25 @@ def run_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     pid_file, endpoints_file = args.workdir / "serve.pid", args.workdir / "endpoints.json"
+    explorer = _explorer(args, instance, tls, explorer_host) if args.explorer else None
     try:
         exporter.start()  # before TorchServe: /readyz answers 503 while models load
+        if explorer is not None:
+            explorer.start()  # early, so a taken port fails before the models load
         instance.start()
         started.set()
-        endpoints_file.write_text(json.dumps(_endpoints(instance, exporter, tls), indent=2) + "\n")
+        endpoints = _endpoints(instance, exporter, tls, explorer)
+        endpoints_file.write_text(json.dumps(endpoints, indent=2) + "\n")
         pid_file.write_text(f"{os.getpid()}\n")
         write_record(_record(instance, tls))
         print(
             f"smoothexplain serving {', '.join(sorted(instance.models))}: "
-            f"REST {_endpoints(instance, exporter, tls)['rest']}, gRPC {instance.grpc_target}, "
+            f"REST {endpoints['rest']}, gRPC {instance.grpc_target}, "
             f"metrics {exporter.url}/metrics, token in {instance.key_file}",
             flush=True,
         )
+        if explorer is not None:
+            print(f"explorer: open {explorer.login_url}", flush=True)
         renewer = None
         if instance.token_auth:
             renewer = KeyRenewer(instance, 60 * args.token_expiration_min, 2 * WATCH_SECONDS)
@@ -314,6 +388,8 @@ def run_serve(args: argparse.Namespace) -> int:
         print(f"error: {error}", flush=True)
         return 1
     finally:
+        if explorer is not None:
+            explorer.stop()
         instance.stop()
         exporter.stop()
         pid_file.unlink(missing_ok=True)

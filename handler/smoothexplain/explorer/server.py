@@ -1,0 +1,325 @@
+"""The explorer's HTTP server: the page, its static files, and a small JSON API behind it.
+
+    GET  /?token=T           spends the login token: a session cookie, then a redirect to /
+    GET  /                   the page (a session needed, as for everything below)
+    GET  /static/NAME        its script and style sheet, from the package
+    GET  /api/models         the served models, TorchServe's REST address and key file path
+    GET  /api/models/NAME    the form's description of one model (describe.py)
+    GET  /api/samples        the sample photographs; /api/samples/NAME their bytes
+    POST /api/explain        one explanation, proxied to TorchServe with its key (proxy.py)
+
+Every request must name the explorer in its Host header (guard.py), else 403; without a live
+session it is 401; a POST must come from the page's own Origin (403) as JSON (415). No CORS
+headers are ever sent, and a strict Content-Security-Policy keeps the page to its own files.
+The request line is never logged: it may hold a login token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socketserver
+import ssl
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.cookies import CookieError, SimpleCookie
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..protocol.errors import grpc_code_of_http
+from ..protocol.images import image_format
+from .describe import ModelFacts, describe
+from .guard import allowed_hosts, host_allowed, origin_allowed
+from .proxy import Upstream
+from .samples import SAMPLES, sample_bytes, sample_files
+from .sessions import COOKIE, Sessions, session_cookie
+
+__all__ = ["MAX_BODY_BYTES", "ExplorerServer", "ExplorerSettings"]
+
+MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10 MB photo in base64, and the options
+_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+_LOGIN_HELP = (
+    "Open the explorer with the login link that `smoothexplain serve` printed (it ends in "
+    "?token=...; the current one is also in the work directory's explorer_login file)."
+)
+
+
+@dataclass(frozen=True)
+class ExplorerSettings:
+    host: str
+    port: int  # 0: a free port
+    models: Mapping[str, ModelFacts]
+    upstream_url: str  # TorchServe's REST inference API, e.g. http://127.0.0.1:8080
+    key_file: Path | None  # TorchServe's key_file.json; None with token auth off
+    tls: ssl.SSLContext | None = None  # server side: HTTPS
+    login_file: Path | None = None  # kept holding the current login URL (mode 0600)
+    samples: Callable[[str], bytes | None] = field(default=sample_bytes)
+
+
+def _static(name: str) -> bytes | None:
+    folder = resources.files(__package__ or "smoothexplain.explorer") / "static"
+    entry = folder / name
+    if "/" in name or name.startswith(".") or not entry.is_file():
+        return None
+    return entry.read_bytes()
+
+
+def _page(title: str, text: str) -> bytes:
+    return (
+        f"<!doctype html><html lang=en><meta charset=utf-8><title>{title}</title>"
+        f"<h1>{title}</h1><p>{text}</p></html>"
+    ).encode()
+
+
+class _Server(socketserver.ThreadingMixIn, HTTPServer):
+    daemon_threads = True  # a slow explanation must not hold up shutdown
+    explorer: ExplorerServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silent: the request line may carry a login token."""
+
+    def do_GET(self) -> None:
+        self.server.explorer.handle(self, "GET")
+
+    def do_POST(self) -> None:
+        self.server.explorer.handle(self, "POST")
+
+
+class ExplorerServer:
+    """The explorer on `settings.host:settings.port`; `start()`, then `url` and `login_url`."""
+
+    def __init__(self, settings: ExplorerSettings) -> None:
+        self.settings = settings
+        self.scheme = "https" if settings.tls else "http"
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._allowed: frozenset[str] = frozenset()
+        self._upstream = Upstream(settings.upstream_url, settings.key_file)
+        self.sessions: Sessions | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1]) if self._server else self.settings.port
+
+    @property
+    def url(self) -> str:
+        host = self.settings.host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+        shown = f"[{shown}]" if ":" in shown else shown
+        return f"{self.scheme}://{shown}:{self.port}/"
+
+    @property
+    def login_url(self) -> str:
+        assert self.sessions is not None, "start() first"
+        return f"{self.url}?token={self.sessions.token}"
+
+    def start(self) -> ExplorerServer:
+        where = f"{self.settings.host}:{self.settings.port}"
+        try:
+            server = _Server((self.settings.host, self.settings.port), _Handler)
+        except OSError as error:
+            raise OSError(f"the explorer cannot listen on {where}: {error.strerror}") from None
+        if self.settings.tls is not None:
+            # The handshake runs in the request's thread: a silent client stalls nothing.
+            server.socket = self.settings.tls.wrap_socket(
+                server.socket, server_side=True, do_handshake_on_connect=False
+            )
+        server.explorer = self
+        self._server = server
+        self._allowed = allowed_hosts(self.settings.host, self.port)
+        self.sessions = Sessions(on_token=self._write_login)
+        self._thread = threading.Thread(target=server.serve_forever, name="explorer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self.settings.login_file is not None:
+            self.settings.login_file.unlink(missing_ok=True)
+
+    def _write_login(self, token: str) -> None:
+        path = self.settings.login_file
+        if path is None:
+            return
+        partial = path.with_name(path.name + ".tmp")
+        partial.unlink(missing_ok=True)
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as out:
+            out.write(f"{self.url}?token={token}\n")
+        partial.replace(path)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def handle(self, request: _Handler, method: str) -> None:
+        host = request.headers.get("Host")
+        if not host_allowed(host, self._allowed, self.scheme):
+            names = ", ".join(sorted(self._allowed))
+            self._error(request, 403, f"the Host header must name the explorer ({names})")
+            return
+        parts = urlsplit(request.path)
+        token = parse_qs(parts.query).get("token", [""])[0]
+        if method == "GET" and parts.path == "/" and token:
+            self._login(request, token)
+            return
+        if not self._has_session(request):
+            self._refuse_anonymous(request, parts.path)
+            return
+        if method == "POST":
+            self._post(request, parts.path, str(host))
+        else:
+            self._get(request, parts.path)
+
+    def _has_session(self, request: _Handler) -> bool:
+        cookie = SimpleCookie()
+        try:
+            cookie.load(request.headers.get("Cookie", ""))
+        except CookieError:
+            return False
+        morsel = cookie.get(COOKIE)
+        assert self.sessions is not None
+        return self.sessions.valid(morsel.value if morsel else None)
+
+    def _login(self, request: _Handler, token: str) -> None:
+        assert self.sessions is not None
+        session = self.sessions.redeem(token)
+        if session is None:
+            title = "This login link is spent or wrong"
+            self._send(request, 403, "text/html", _page(title, _LOGIN_HELP))
+            return
+        headers = {"Set-Cookie": session_cookie(session, self.scheme == "https"), "Location": "/"}
+        self._send(request, 303, "text/plain", b"logged in\n", headers)
+
+    def _refuse_anonymous(self, request: _Handler, path: str) -> None:
+        if path.startswith("/api/"):
+            self._error(request, 401, "no explorer session: " + _LOGIN_HELP)
+        else:
+            self._send(request, 401, "text/html", _page("Log in to the explorer", _LOGIN_HELP))
+
+    def _get(self, request: _Handler, path: str) -> None:
+        models = self.settings.models
+        if path == "/":
+            self._send(request, 200, "text/html", _static("index.html") or b"")
+        elif path.startswith("/static/"):
+            name = unquote(path.removeprefix("/static/"))
+            data, kind = _static(name), _TYPES.get(Path(name).suffix, "")
+            if data is None or not kind:
+                self._error(request, 404, f"no static file {name!r}")
+            else:
+                self._send(request, 200, kind, data)
+        elif path == "/api/models":
+            self._json(request, 200, self._server_facts())
+        elif path.startswith("/api/models/"):
+            name = unquote(path.removeprefix("/api/models/"))
+            if name in models:
+                self._json(request, 200, describe(name, models[name]))
+            else:
+                self._error(request, 404, f"no served model {name!r}", "model")
+        elif path == "/api/samples":
+            present = sample_files()
+            listed = [vars(s) for s in SAMPLES if s.name in present]
+            self._json(request, 200, {"samples": listed})
+        elif path.startswith("/api/samples/"):
+            self._sample(request, unquote(path.removeprefix("/api/samples/")))
+        else:
+            self._error(request, 404, f"nothing at {path}")
+
+    def _server_facts(self) -> dict[str, object]:
+        """The models, and what the page's curl and CLI lines need: the REST address and the
+        key file's path (never a key)."""
+        key_file = self.settings.key_file
+        return {
+            "models": sorted(self.settings.models),
+            "rest": self.settings.upstream_url,
+            "key_file": str(key_file) if key_file else "",
+        }
+
+    def _sample(self, request: _Handler, name: str) -> None:
+        data = self.settings.samples(name)
+        kind = image_format(data) if data else None
+        if data is None or kind is None:
+            self._error(request, 404, f"no sample photograph {name!r}", "sample")
+            return
+        self._send(request, 200, f"image/{kind.lower()}", data)
+
+    def _post(self, request: _Handler, path: str, host: str) -> None:
+        if not origin_allowed(request.headers.get("Origin"), host, self.scheme):
+            self._error(request, 403, "a change must come from the explorer's own page (Origin)")
+            return
+        if path != "/api/explain":
+            self._error(request, 404, f"nothing to POST at {path}")
+            return
+        kind = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            self._error(request, 415, "send the explanation request as application/json")
+            return
+        body = self._body(request)
+        if body is None:
+            return
+        status, answer = self._upstream.explain(body, self.settings.models, self.settings.samples)
+        self._json(request, status, answer)
+
+    def _body(self, request: _Handler) -> object | None:
+        length = request.headers.get("Content-Length", "")
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            self._error(request, 413, f"the body must have a Content-Length <= {MAX_BODY_BYTES}")
+            return None
+        try:
+            body: object = json.loads(request.rfile.read(int(length)))
+        except ValueError:
+            self._error(request, 400, "the body is not JSON")
+            return None
+        return body
+
+    # -- answers ------------------------------------------------------------------------------
+
+    def _error(self, request: _Handler, status: int, message: str, field: str = "") -> None:
+        request.close_connection = True  # a refused body may still be on the wire
+        error = {"http_status": status, "grpc_code": grpc_code_of_http(status)}
+        self._json(request, status, {"error": {**error, "message": message, "field": field}})
+
+    def _json(self, request: _Handler, status: int, body: object) -> None:
+        self._send(request, status, "application/json", json.dumps(body).encode())
+
+    def _send(
+        self,
+        request: _Handler,
+        status: int,
+        kind: str,
+        data: bytes,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        try:
+            request.send_response(status, HTTPStatus(status).phrase)
+            charset = "; charset=utf-8" if kind.startswith(("text/", "application/json")) else ""
+            request.send_header("Content-Type", kind + charset)
+            request.send_header("Content-Length", str(len(data)))
+            request.send_header("Content-Security-Policy", _POLICY)
+            request.send_header("X-Content-Type-Options", "nosniff")
+            request.send_header("Referrer-Policy", "no-referrer")  # the token stays here
+            request.send_header("Cache-Control", "no-store")
+            for name, value in (headers or {}).items():
+                request.send_header(name, value)
+            request.end_headers()
+            request.wfile.write(data)
+        except OSError:  # the page gave up (an abandoned explanation): nobody to tell
+            request.close_connection = True
