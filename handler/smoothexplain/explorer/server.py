@@ -45,7 +45,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10 MB photo in base64, and the options
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 _POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
-    "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+    "connect-src 'self' blob:; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
 _LOGIN_HELP = (
     "Open the explorer with the login link that `smoothexplain serve` printed (it ends in "

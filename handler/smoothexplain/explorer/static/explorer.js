@@ -45,7 +45,7 @@
     const left = option.open_low || option.low === null ? "(" : "[";
     const right = option.open_high || option.high === null ? ")" : "]";
     const low = option.low === null ? "-inf" : option.low;
-    const high = option.high === null ? "inf" : option.high;
+    const high = option.high === null ? "inf" : option.high >= 2 ** 63 - 1 ? "2^63 - 1" : option.high;
     const limit = option.limit ? ` (server limit ${option.limit})` : "";
     return ` ${left}${low}, ${high}${right}${limit}`;
   }
@@ -197,7 +197,7 @@
       const seconds = (performance.now() - started) / 1000;
       learnSpeed(answers);
       state.shown = answers.map((answer, i) => ({ letter: bodies[i][0], body: bodies[i][1], answer, seconds }));
-      render();
+      await render();
       status(`done in ${seconds.toFixed(1)} s`);
     } catch (error) {
       if (error.name === "AbortError") {
@@ -434,7 +434,7 @@
       ["relative error", answer.relative_error === undefined ? "—" : answer.relative_error.toPrecision(3)],
       ["convergence delta", answer.convergence_delta === undefined ? "—" : answer.convergence_delta.toPrecision(3)],
       ["seed", answer.seed],
-      ["decode / predict / explain / encode", ["decode_ms", "predict_ms", "explain_ms", "encode_ms"].map((k) => `${(t[k] || 0).toFixed(0)}`).join(" / ") + " ms"],
+      ["timings (ms)", ["decode", "predict", "explain", "encode"].map((k) => `${k} ${(t[`${k}_ms`] || 0).toFixed(0)}`).join(" · ")],
       ["batch size", t.batch_size || 1],
       ["round trip", `${shown.seconds.toFixed(2)} s`],
     ];
@@ -498,8 +498,18 @@
     return /^[\w./=:@%+-]+$/.test(text) ? text : `'${text.replace(/'/g, "'\\''")}'`;
   }
 
+  // Where the commands find TorchServe: its REST address and key file, as the explorer does.
+  function restAddress() {
+    const url = new URL(state.server.rest);
+    return { host: url.hostname.replace(/^\[|\]$/g, ""), port: url.port, tls: url.protocol === "https:" };
+  }
+
   function cliCommand(shown, applied) {
+    const rest = restAddress();
     const words = ["smoothexplain", "explain", imageFile(), "--model", shown.body.model, "--transport", "rest"];
+    words.push("--host", rest.host, "--rest-port", rest.port);
+    if (rest.tls) words.push("--tls");
+    if (state.server.key_file) words.push("--token-file", state.server.key_file);
     words.push("--target", String(shown.answer.target));
     if (shown.body.top_k) words.push("--top-k", String(shown.body.top_k));
     for (const option of state.description.options) {
@@ -538,10 +548,16 @@
     const keywords = [`target=${shown.answer.target}`];
     if (shown.body.top_k) keywords.push(`top_k=${shown.body.top_k}`);
     for (const [name, value] of Object.entries(applied)) keywords.push(`${name}=${pythonValue(value)}`);
+    const rest = restAddress();
+    const client = [`transport="rest", host=${JSON.stringify(rest.host)}, rest_port=${rest.port}`];
+    if (rest.tls) client.push("tls=True");
+    if (state.server.key_file) client.push(`token_file=Path(${JSON.stringify(state.server.key_file)})`);
     return [
+      "from pathlib import Path",
+      "",
       "from smoothexplain.client import SmoothExplainClient, attribution",
       "",
-      'with SmoothExplainClient(transport="rest") as client:',
+      `with SmoothExplainClient(${client.join(", ")}) as client:`,
       "    response = client.explain(",
       `        ${JSON.stringify(shown.body.model)},`,
       `        open(${JSON.stringify(imageFile())}, "rb").read(),`,
