@@ -94,6 +94,7 @@ def _set(browser: Any, element_id: str, value: str) -> None:
 
 
 def _explain(browser: Any, panels: int) -> None:
+    browser.execute_script("document.getElementById('status').textContent = ''")
     browser.find_element(By.ID, "explain").click()
     _wait(browser, "document.getElementById('status').textContent.startsWith('done')")
     count = browser.execute_script("return document.querySelectorAll('#panels .panel').length")
@@ -268,6 +269,21 @@ def test_clicking_a_class_explains_that_class(browser: Any) -> None:
     assert chosen.find_element(By.CSS_SELECTOR, ".label").text == label
     target = browser.find_element(By.CSS_SELECTOR, "#panels dd[data-fact='target']").text
     assert target.endswith(f"({label})")
+
+
+def test_integrated_gradients_shows_its_own_settings(browser: Any) -> None:
+    assert not browser.find_element(By.ID, "a-n_steps").is_displayed()
+    Select(browser.find_element(By.ID, "a-method")).select_by_value("integrated_gradients")
+    _set(browser, "a-nt_samples", "2")
+    _set(browser, "a-n_steps", "4")
+    browser.find_element(By.ID, "a-return_convergence_delta").click()
+    _explain(browser, panels=1)
+    facts = browser.find_element(By.CSS_SELECTOR, "#panels .facts")
+    assert facts.find_element(By.CSS_SELECTOR, "dd[data-fact='rows']").text == "8"
+    delta = facts.find_element(By.CSS_SELECTOR, "dd[data-fact='convergence delta']").text
+    assert delta != "—"
+    Select(browser.find_element(By.ID, "a-method")).select_by_value("gradient")
+    _set(browser, "a-nt_samples", str(SAMPLES))
 
 
 def test_the_page_fits_a_narrow_window(browser: Any) -> None:

@@ -347,3 +347,13 @@ def test_field_errors_name_their_field(explorer: ExplorerServer) -> None:
     over = {"model": "lite", "sample": "cat", "options": {"nt_samples": 501}}
     status, _, body = _post(explorer, cookie, over)
     assert status == 400 and json.loads(body)["error"]["field"] == "options.nt_samples"
+
+
+def test_make_run_prints_the_login_link_and_the_tunnel(tmp_path: Path) -> None:
+    from smoothexplain.demo.run import _explorer_lines
+
+    assert _explorer_lines({"explorer": None}, tmp_path) == []
+    (tmp_path / "explorer_login").write_text("http://127.0.0.1:8084/?token=abc\n")
+    lines = _explorer_lines({"explorer": "http://127.0.0.1:8084/"}, tmp_path)
+    assert "http://127.0.0.1:8084/?token=abc" in lines[0]
+    assert "ssh -L 8084:127.0.0.1:8084" in lines[1]

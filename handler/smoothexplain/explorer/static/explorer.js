@@ -130,7 +130,7 @@
 
   // The form's own check, from the limits in each input's data (the server checks again).
   function check(form, letter) {
-    for (const input of form.querySelectorAll("input[data-kind]")) {
+    for (const input of form.querySelectorAll("input[data-kind='int'], input[data-kind='float']")) {
       if (input.hidden || input.value.trim() === "") continue;
       const text = input.value.trim();
       const field = `options.${input.name}`;
