@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shlex
 import shutil
 import ssl
@@ -172,7 +173,7 @@ def test_the_cat_photograph_is_explained(browser: Any) -> None:
     browser.save_screenshot(str(SHOTS / "cat.png"))
 
 
-def test_the_cli_line_reproduces_the_answer(browser: Any, tmp_path: Path) -> None:
+def test_the_cli_curl_and_python_lines_reproduce_the_answer(browser: Any, tmp_path: Path) -> None:
     panel = browser.find_element(By.CSS_SELECTOR, "#panels .panel")
     page_npy = panel.find_element(By.CSS_SELECTOR, ".npy").get_attribute("href")
     shown = np.load(
@@ -190,8 +191,18 @@ def test_the_cli_line_reproduces_the_answer(browser: Any, tmp_path: Path) -> Non
     np.testing.assert_array_equal(again, shown)  # same seed, same options: the same map
     curl = panel.find_element(By.CSS_SELECTOR, ".command-curl").get_attribute("textContent")
     assert f"/explanations/{LITE0}" in curl and '"seed":"0"' in curl
+    done = subprocess.run(["bash", "-c", curl], cwd=tmp_path, capture_output=True, timeout=300)
+    tensor = json.loads(done.stdout)["attribution"]
+    raw = np.frombuffer(base64.b64decode(tensor["data"]), dtype="<f4").reshape(tensor["shape"])
+    np.testing.assert_array_equal(raw, shown)
     python = panel.find_element(By.CSS_SELECTOR, ".command-python").get_attribute("textContent")
     assert "seed=0" in python and f'"{LITE0}"' in python
+    python += '\nimport numpy\nnumpy.save("python.npy", numpy.asarray(attr))\n'
+    done = subprocess.run(
+        [sys.executable, "-c", python], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "python.npy"), shown)
 
 
 def test_smoothgrad_and_adaptgrad_side_by_side(browser: Any) -> None:
