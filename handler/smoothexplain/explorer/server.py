@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import socketserver
 import ssl
 import threading
@@ -85,6 +86,10 @@ class _Server(socketserver.ThreadingMixIn, HTTPServer):
     explorer: ExplorerServer
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -130,7 +135,8 @@ class ExplorerServer:
     def start(self) -> ExplorerServer:
         where = f"{self.settings.host}:{self.settings.port}"
         try:
-            server = _Server((self.settings.host, self.settings.port), _Handler)
+            kind = _Server6 if ":" in self.settings.host else _Server
+            server = kind((self.settings.host, self.settings.port), _Handler)
         except OSError as error:
             raise OSError(f"the explorer cannot listen on {where}: {error.strerror}") from None
         if self.settings.tls is not None:
