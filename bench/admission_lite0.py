@@ -44,7 +44,7 @@ RUNS = [
 ]
 
 
-TIGHT_BUDGET_MB = 1024  # a worker with little memory: the budget must hold on a real network
+TIGHT_BUDGET_MB = 640  # a worker with little memory: the budget must hold on a real network
 
 
 def _service(archive: Path, workdir: Path, budget_mb: int | None = None) -> ExplainService:

@@ -36,7 +36,7 @@ from common import (
 from lite0 import LITE0, WEIGHTS, cat_tensor, categories, input_about, lite0
 from torch import nn
 
-from smoothexplain import ExplainJob, Scheduler, explain, make_spec
+from smoothexplain import ExplainJob, Scheduler, explain, fold_batchnorm, make_spec
 
 STDEV = 0.15  # absolute noise σ (Captum takes a scalar stdev only)
 TARGET = 3  # of the random-weight ResNets; EfficientNet-Lite0 explains its top-1 class
@@ -161,10 +161,10 @@ def contenders(
             total += torch.autograd.grad(model(row)[0, target], row)[0]
         _ = total / nt_samples
 
-    def engine_in(layout: str) -> Callable[[], object]:
+    def engine_in(layout: str, net: nn.Module = model) -> Callable[[], object]:
         def run() -> None:
             explain(
-                model,
+                net,
                 x,
                 target,
                 method=case.method,
@@ -195,6 +195,8 @@ def contenders(
     if case.variant == "fp32":  # NCHW model: the layouts against the NCHW floor (issue 17)
         found["engine_channels_last"] = engine_in("channels_last")
         found["engine_auto"] = engine_auto
+        # What the server runs by default: BatchNorm folded at load, channels_last.
+        found["engine_served"] = engine_in("channels_last", fold_batchnorm(model).model)
     if not ig and case.model == "resnet18" and case.variant == "fp32":
         found["per_sample_loop"] = per_sample_loop
     return found
@@ -231,8 +233,9 @@ def run_case(case: Case, device: torch.device, repeats: int, warm: bool) -> dict
 
 
 def _layout_change(case: Case, model: nn.Module, x: torch.Tensor, target: int) -> dict[str, Any]:
-    """How far channels_last moves the map from NCHW (same rows and seed), and what `auto`
-    chose for this model and shape."""
+    """How far channels_last, and channels_last with BatchNorm folded (the server's default),
+    move the map from NCHW (same rows and seed), and what `auto` chose for this model and
+    shape."""
     kw: dict[str, Any] = {
         "method": case.method,
         "nt_samples": case.nt_samples,
@@ -243,12 +246,17 @@ def _layout_change(case: Case, model: nn.Module, x: torch.Tensor, target: int) -
     }
     nchw = explain(model, x, target, **kw)
     nhwc = explain(model, x, target, memory_format="channels_last", **kw)
+    folded = fold_batchnorm(model)
+    served = explain(folded.model, x, target, memory_format="channels_last", **kw)
     assert isinstance(nchw, torch.Tensor) and isinstance(nhwc, torch.Tensor)
+    assert isinstance(served, torch.Tensor)
     chooser = Scheduler(model, case.batch, memory_format="auto")
     chosen = chooser.choose_layout(x[0])
     model.to(memory_format=torch.contiguous_format)
     return {
         "channels_last_rel_l2": float((nhwc - nchw).norm() / nchw.norm()),
+        "served_rel_l2": float((served - nchw).norm() / nchw.norm()),
+        "batchnorms_folded": folded.count,
         "auto_chose": chosen.value,
     }
 

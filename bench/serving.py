@@ -30,7 +30,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,7 @@ from smoothexplain.ops.launcher import TorchServeInstance
 from smoothexplain.serving.allocator import keep_freed_memory
 from smoothexplain.serving.codec import GRPC_KEY, image_to_tensor, message_to_tensor
 from smoothexplain.serving.config import parse_config
+from smoothexplain.serving.models import prepare_model
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts" / "demo"
@@ -162,8 +163,9 @@ class Served:
 @dataclass(frozen=True)
 class Subject:
     """One network as served: our archive (also the name of its SmoothGrad table), its
-    model-config, the same network in this process, the image sent, and the stock handler's
-    archive of the same weights with the names of the tables comparing the two."""
+    model-config, the same network in this process (as loaded, and as the server runs it:
+    BatchNorm folded), the image sent, and the stock handler's archive of the same weights
+    with the names of the tables comparing the two."""
 
     model: str  # the model choice (serving_store.ARCHIVES)
     name: str
@@ -173,6 +175,12 @@ class Subject:
     stock: str | None = None
     peer_case: str = ""  # IG against the stock /explanations
     predict_case: str = ""  # top-5 predictions against the stock /predictions ("": none)
+    served_net: nn.Module | None = None  # `net` through prepare_model (set by subjects())
+
+    @property
+    def runs(self) -> nn.Module:
+        """The network the server runs."""
+        return self.net if self.served_net is None else self.served_net
 
 
 def png_bytes(size: int) -> bytes:
@@ -269,9 +277,7 @@ def measure(
 
 def smoothgrad_contenders(
     served: Served,
-    model_name: str,
-    net: nn.Module,
-    png: bytes,
+    subject: Subject,
     x: torch.Tensor,
     bounds: tuple[torch.Tensor, torch.Tensor],
     rows: int,
@@ -279,16 +285,18 @@ def smoothgrad_contenders(
     nt_samples: int,
 ) -> dict[str, Callable[[], torch.Tensor]]:
     options = {"nt_samples": nt_samples}
+    model_name, png = subject.name, subject.png
 
     def engine() -> torch.Tensor:
         return explain(
-            net,
+            subject.runs,
             x[None],
             target,
             nt_samples=nt_samples,
             nt_samples_batch_size=rows,
             bounds=bounds,
             seed=SEED,
+            memory_format=subject.config.memory_format,
         )[0]
 
     found: dict[str, Callable[[], torch.Tensor]] = {"engine": engine}
@@ -319,15 +327,17 @@ def peer_contenders(
     )
     rows = subject.config.nt_samples_batch_size
 
-    def engine_on(inputs: torch.Tensor) -> torch.Tensor:
+    def engine_on(inputs: torch.Tensor, as_served: bool = True) -> torch.Tensor:
+        """Our IG of `inputs`: the network as we serve it, or as the stock handler runs it."""
         return explain(
-            subject.net,
+            subject.runs if as_served else subject.net,
             inputs[None],
             0,
             method="integrated_gradients",
             nt_type="none",
             n_steps=steps,
             nt_samples_batch_size=rows,
+            memory_format=subject.config.memory_format if as_served else "contiguous",
         )[0]
 
     name, png = subject.name, subject.png
@@ -337,7 +347,7 @@ def peer_contenders(
         "rest_json_float32": lambda: served.rest_json(name, json_f32),
         "grpc_float16": lambda: served.grpc(name, grpc_f16),
     }
-    return contenders, {"stock_torchserve_captum_ig": lambda: engine_on(stock_x)}
+    return contenders, {"stock_torchserve_captum_ig": lambda: engine_on(stock_x, False)}
 
 
 def predict_contenders(
@@ -357,9 +367,10 @@ def predict_contenders(
             out[index] = probability
         return out
 
-    def forward_on(inputs: torch.Tensor) -> torch.Tensor:
+    def forward_on(inputs: torch.Tensor, as_served: bool = True) -> torch.Tensor:
+        net = subject.runs if as_served else subject.net
         with torch.no_grad():
-            scores = torch.softmax(subject.net(inputs[None]).float(), dim=1)[0].cpu()
+            scores = torch.softmax(net(inputs[None]).float(), dim=1)[0].cpu()
         probabilities, indices = scores.topk(top_k)
         return vector(list(zip(indices.tolist(), probabilities.tolist(), strict=True)))
 
@@ -377,7 +388,7 @@ def predict_contenders(
         "stock_torchserve_rest_predict": lambda: theirs(served.stock_predict_rest(stock, png)),
         "stock_torchserve_grpc_predict": lambda: theirs(served.stock_predict_grpc(stock, png)),
     }
-    reference = {name: lambda: forward_on(stock_x) for name in contenders if "stock" in name}
+    reference = {n: lambda: forward_on(stock_x, False) for n in contenders if "stock" in n}
     return contenders, reference
 
 
@@ -424,9 +435,7 @@ def serve_and_measure(
         with torch.no_grad():
             target = int(subject.net(x[None]).argmax())
         rows = subject.config.nt_samples_batch_size
-        found = smoothgrad_contenders(
-            served, subject.name, subject.net, subject.png, x, bounds, rows, target, nt_samples
-        )
+        found = smoothgrad_contenders(served, subject, x, bounds, rows, target, nt_samples)
         about = f"SmoothGrad of the gradient, nt_samples {nt_samples}, sigma 0.15"
         results = measure(served, found, repeats, device)
         cases[subject.name] = {**_case(subject, about, x, results), "target": target}
@@ -481,7 +490,8 @@ def subjects(
         net = lite0(device)
         peer = ("ts_lite0", "peer_ig_lite0", "predict_lite0")
         found.append(Subject(LITE0, "se_lite0", config, net, cat_png(), *peer))
-    return found
+    # The in-process engine runs what the server runs (BatchNorm folded, its layout).
+    return [replace(s, served_net=prepare_model(s.net, s.config)[0]) for s in found]
 
 
 def worker_threads(log_dir: Path) -> dict[str, int]:

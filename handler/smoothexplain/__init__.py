@@ -17,6 +17,7 @@ from . import _moved
 if TYPE_CHECKING:
     from .engine import ExplainJob, JobResult, Scheduler
     from .engine.api import explain
+    from .engine.folding import Folded, fold_batchnorm
     from .engine.spec import ExplainSpec, make_spec
     from .protocol.errors import InvalidArgument, SmoothExplainError
     from .protocol.options import IgRule, Method, NoiseKind, NtType
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ExplainJob",
     "ExplainSpec",
+    "Folded",
     "IgRule",
     "InvalidArgument",
     "JobResult",
@@ -33,6 +35,7 @@ __all__ = [
     "Scheduler",
     "SmoothExplainError",
     "explain",
+    "fold_batchnorm",
     "make_spec",
 ]
 
@@ -41,6 +44,8 @@ _WHERE = {
     "JobResult": "engine",
     "Scheduler": "engine",
     "explain": "engine.api",
+    "Folded": "engine.folding",
+    "fold_batchnorm": "engine.folding",
     "ExplainSpec": "engine.spec",
     "make_spec": "engine.spec",
     "InvalidArgument": "protocol.errors",

@@ -210,6 +210,10 @@ def store(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> P
         assert code == 0, output
     assert "3 rows at once = one at a time" in built[0][1]
     assert "guided_backprop" in built[0][1] and "not applicable" in built[1][1]
+    assert (
+        "layout channels_last; BatchNorm2d folded into the convolution before it: 1" in built[0][1]
+    )
+    assert "BatchNorm2d not folded: TorchScript" in built[1][1]
     return store
 
 

@@ -54,4 +54,4 @@ def test_the_worker_applies_it_unless_the_config_says_no() -> None:
     assert parse_config({**base, "keep_freed_memory": False}).keep_freed_memory is False
     with pytest.raises(InvalidArgument) as err:
         parse_config({**base, "keep_freed_memory": 1})
-    assert err.value.field == "smoothexplain.keep_freed_memory"
+    assert err.value.field == "keep_freed_memory"

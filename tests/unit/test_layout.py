@@ -102,6 +102,7 @@ def test_the_public_names_are_pinned() -> None:
     assert sorted(smoothexplain.__all__) == [
         "ExplainJob",
         "ExplainSpec",
+        "Folded",
         "IgRule",
         "InvalidArgument",
         "JobResult",
@@ -111,6 +112,7 @@ def test_the_public_names_are_pinned() -> None:
         "Scheduler",
         "SmoothExplainError",
         "explain",
+        "fold_batchnorm",
         "make_spec",
     ]
     assert {"SmoothExplainClient", "ExplainError", "attribution"} <= set(

@@ -41,6 +41,40 @@ def test_explain_leaves_the_model_in_the_layout_it_found() -> None:
     assert all(_weights_channels_last(model))
 
 
+def _pointwise_cnn() -> torch.nn.Module:
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 1),  # 1x1: "contiguous" in both layouts, told apart by its strides
+        nn.BatchNorm2d(8).eval(),
+        nn.ReLU(),
+        nn.Conv2d(8, 4, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+
+def test_a_channels_last_run_leaves_no_strides_behind() -> None:
+    """`Module.to(channels_last)` gives a 1x1 kernel NHWC strides that `is_contiguous()`
+    cannot see and `.contiguous()` does not undo; the convolution follows those strides, so
+    a leak would make later NCHW runs partly NHWC (bench/engine.py's map change read 0)."""
+    model, x = _pointwise_cnn(), torch.rand(1, 3, 12, 12)
+    strides = [t.stride() for t in model.parameters() if t.dim() == 4]
+    kw = {"nt_samples": 4, "seed": 1, "stdevs": 0.1}
+    before = explain(model, x, 2, **kw)  # type: ignore[arg-type]
+    explain(model, x, 2, memory_format="channels_last", **kw)  # type: ignore[arg-type]
+    assert [t.stride() for t in model.parameters() if t.dim() == 4] == strides
+    assert torch.equal(explain(model, x, 2, **kw), before)  # type: ignore[arg-type]
+    scheduler = Scheduler(model, chunk_rows=4, memory_format="channels_last")
+    scheduler.layouts.apply(MemoryFormat.CHANNELS_LAST)
+    assert all(t.stride()[1] == 1 for t in model.parameters() if t.dim() == 4)
+    Scheduler(model, chunk_rows=4, memory_format="auto").layouts.apply(MemoryFormat.CONTIGUOUS)
+    assert [t.stride() for t in model.parameters() if t.dim() == 4] == strides
+
+
 def test_auto_measures_once_per_shape_and_keeps_its_choice() -> None:
     model = small_cnn()
     scheduler = Scheduler(model, chunk_rows=4, memory_format="auto")
@@ -69,7 +103,7 @@ def test_bad_layouts_name_their_field() -> None:
     with pytest.raises(InvalidArgument) as caught:
         parse_config({"model_class": "m:M", "memory_format": "nhwc"})
     assert caught.value.field == "memory_format"
-    assert parse_config({"model_class": "m:M"}).memory_format == "contiguous"
+    assert parse_config({"model_class": "m:M"}).memory_format == "channels_last"
 
 
 def test_chunk_sizes_agree_to_rounding_in_both_layouts() -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..protocol.options import MemoryFormat
 
-__all__ = ["TORCH_FORMATS", "LayoutChooser", "LayoutSnapshot", "rows_in"]
+__all__ = ["TORCH_FORMATS", "LayoutChooser", "LayoutSnapshot", "convert", "rows_in"]
 
 TORCH_FORMATS: dict[MemoryFormat, torch.memory_format] = {
     MemoryFormat.CONTIGUOUS: torch.contiguous_format,
@@ -29,21 +29,46 @@ _PROBE_ROUNDS = 2  # timed passes per layout (the faster of each kept), alternat
 
 
 class LayoutSnapshot:
-    """The layout of a model's 4-D parameters and buffers, to put back after a run (explain()
-    leaves the caller's model as it found it)."""
+    """The exact strides of a model's 4-D parameters and buffers, to put back after a run
+    (explain() leaves the caller's model as it found it). Strides, not `is_contiguous`: a 1x1
+    kernel counts as contiguous in both layouts, yet its strides steer the layout the
+    convolution gives its output, so a channels_last run would leak into later NCHW runs."""
 
     def __init__(self, model: object) -> None:
-        self.tensors: list[tuple[torch.Tensor, bool]] = []
+        self.tensors: list[tuple[torch.Tensor, tuple[int, ...]]] = []
         if isinstance(model, nn.Module):
-            for tensor in (*model.parameters(), *model.buffers()):
-                if tensor.dim() == 4:
-                    self.tensors.append((tensor, _nhwc(tensor)))
+            for tensor in _four_d(model):
+                self.tensors.append((tensor, tensor.stride()))
 
     def restore(self) -> None:
-        for tensor, channels_last in self.tensors:
-            wanted = torch.channels_last if channels_last else torch.contiguous_format
-            if not tensor.is_contiguous(memory_format=wanted):
-                tensor.data = tensor.data.contiguous(memory_format=wanted)
+        for tensor, strides in self.tensors:
+            if tensor.stride() != strides:
+                kept = torch.empty_strided(
+                    tensor.shape, strides, dtype=tensor.dtype, device=tensor.device
+                )
+                tensor.data = kept.copy_(tensor.data)
+
+
+def convert(model: nn.Module, layout: MemoryFormat) -> None:
+    """Give every 4-D parameter and buffer of `model` the canonical strides of `layout`;
+    tensors that have them already are left alone. (`Module.to(memory_format=...)` leaves a
+    1x1 kernel's strides as they were, since it counts as contiguous in both layouts.)"""
+    for tensor in _four_d(model):
+        if tensor.stride() != _strides(tuple(tensor.shape), layout):
+            tensor.data = tensor.data.clone(memory_format=TORCH_FORMATS[layout])
+
+
+def _strides(shape: tuple[int, ...], layout: MemoryFormat) -> tuple[int, ...]:
+    """The strides `clone(memory_format=...)` gives a 4-D tensor of `shape` in `layout`."""
+    _, c, h, w = shape
+    if layout is MemoryFormat.CHANNELS_LAST:  # torch's rule: the sizes as they are
+        return (h * w * c, 1, w * c, c)
+    c, h, w = max(c, 1), max(h, 1), max(w, 1)  # contiguous: empty dims count as 1
+    return (c * h * w, h * w, w, 1)
+
+
+def _four_d(model: nn.Module) -> list[torch.Tensor]:
+    return [t for t in (*model.parameters(), *model.buffers()) if t.dim() == 4]
 
 
 class LayoutChooser:
@@ -68,12 +93,11 @@ class LayoutChooser:
         return self.chosen[key]
 
     def apply(self, layout: MemoryFormat) -> None:
-        """Give the model's weights `layout`, judged from the weights themselves (someone else
-        may have converted them since). A fixed `contiguous` choice never touches them."""
+        """Give the model's weights `layout`, judged from their strides (someone else may have
+        converted them since). A fixed `contiguous` choice never touches them."""
         if self.choice is MemoryFormat.CONTIGUOUS or not isinstance(self.model, nn.Module):
             return
-        if _weights_layout(self.model) not in (None, layout):
-            self.model.to(memory_format=TORCH_FORMATS[layout])
+        convert(self.model, layout)
 
     def _measure(
         self, key: tuple[object, ...], x: torch.Tensor, probe: Callable[[torch.Tensor], None]
@@ -92,20 +116,6 @@ class LayoutChooser:
         if best[MemoryFormat.CHANNELS_LAST] > 0.97 * best[MemoryFormat.CONTIGUOUS]:
             faster = MemoryFormat.CONTIGUOUS
         return faster
-
-
-def _weights_layout(model: nn.Module) -> MemoryFormat | None:
-    """The layout of the model's first 4-D parameter whose two layouts differ in memory (not
-    a 1x1 kernel); None when it has none."""
-    for tensor in model.parameters():
-        if tensor.dim() == 4 and tensor.shape[1] > 1 and tensor.shape[2] * tensor.shape[3] > 1:
-            return MemoryFormat.CHANNELS_LAST if _nhwc(tensor) else MemoryFormat.CONTIGUOUS
-    return None
-
-
-def _nhwc(tensor: torch.Tensor) -> bool:
-    """Stored channels_last (and not also plain contiguous, as a 1x1 kernel is)."""
-    return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
 
 
 def rows_in(layout: MemoryFormat, rows: torch.Tensor) -> torch.Tensor:

@@ -197,7 +197,8 @@ def check_model_dir(model_dir: Path) -> CheckReport:
     raw = yaml.safe_load((model_dir / "model-config.yaml").read_text()) or {}
     try:
         config = parse_config(raw.get("smoothexplain"))
-        model = load_model(model_dir, config, torch.device("cpu"))
+        notes: list[str] = []
+        model = load_model(model_dir, config, torch.device("cpu"), note=notes.append)
         labels = load_labels(model_dir, config)
     except SmoothExplainError as error:
         raise CheckFailed(error.message) from None
@@ -210,6 +211,7 @@ def check_model_dir(model_dir: Path) -> CheckReport:
     report.say(f"  batch  {_check_batch(model, rows, config)}")
     report.say(f"  predict {predict_ms:.1f} ms/row")
     report.say(f"  cpu    {cpu_support().describe()}")
+    report.say(f"  layout {config.memory_format}" + "".join(f"; {n}" for n in notes))
     try:
         service = ExplainService(model, config, labels, torch.device("cpu"), model_dir.name)
     except SmoothExplainError as error:  # e.g. defaults.precision this CPU cannot run fast

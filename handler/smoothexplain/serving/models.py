@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..engine.folding import fold_batchnorm
 from ..protocol.errors import InvalidArgument, ModelOutputError
 from .config import ServingConfig
 
-__all__ = ["SelectOutput", "load_labels", "load_model", "select_output"]
+__all__ = ["SelectOutput", "load_labels", "load_model", "prepare_model", "select_output"]
 
 _KEYS_SHOWN = 5  # missing / unexpected state_dict keys named in an error
+_FOLD_TOLERANCE = 1e-4  # relative L2 of the scores that a folded model may move
 
 
 def _import_module(name: str, model_dir: Path | None) -> Any:
@@ -166,8 +168,15 @@ def select_output(result: object, output: str) -> torch.Tensor:
     return picked
 
 
-def load_model(model_dir: Path, config: ServingConfig, device: torch.device) -> nn.Module:
-    """The model in eval mode on `device`, its parameters frozen (we only need input gradients)."""
+def load_model(
+    model_dir: Path,
+    config: ServingConfig,
+    device: torch.device,
+    note: Callable[[str], None] | None = None,
+) -> nn.Module:
+    """The model in eval mode on `device`, its parameters frozen (we only need input gradients),
+    its BatchNorms folded into their convolutions when `fold_batchnorm` (what was folded goes
+    to `note`: the worker log, the archive check)."""
     weights = model_dir / config.weights
     if not weights.is_file():
         raise InvalidArgument(
@@ -183,7 +192,29 @@ def load_model(model_dir: Path, config: ServingConfig, device: torch.device) -> 
     model = model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    model, said = prepare_model(model, config)
+    if note is not None and said:
+        note(said)
     return SelectOutput(model, config.output) if config.output else model
+
+
+def prepare_model(model: nn.Module, config: ServingConfig) -> tuple[nn.Module, str]:
+    """The eval-mode model as the server runs it (BatchNorm folded per `fold_batchnorm`) and a
+    line saying what folding did ("" when it has no BatchNorm). Benchmarks and tests that
+    compare with the server run their in-process reference through it too."""
+    if not any(_is_batchnorm(m) for m in model.modules()):
+        return model, ""
+    if not config.fold_batchnorm:
+        return model, "BatchNorm2d not folded (fold_batchnorm: false)"
+    if config.format == "torchscript":
+        return model, "BatchNorm2d not folded: TorchScript models cannot be traced by torch.fx"
+    folded = fold_batchnorm(model)
+    if folded.count == 0:
+        return model, f"BatchNorm2d not folded: {folded.left}"
+    if (change := _disagreement(model, folded.model, config)) > _FOLD_TOLERANCE:
+        return model, f"BatchNorm2d not folded: the folded model's scores moved {change:.1e}"
+    rest = f"; {folded.left}" if folded.left else ""
+    return folded.model, f"BatchNorm2d folded into the convolution before it: {folded.count}{rest}"
 
 
 def _label(value: object) -> str:
@@ -191,6 +222,31 @@ def _label(value: object) -> str:
     if isinstance(value, list) and value:
         return str(value[-1])
     return str(value)
+
+
+def _is_batchnorm(module: nn.Module) -> bool:
+    """A BatchNorm2d, eager or compiled by TorchScript (which keeps the class name only)."""
+    return isinstance(module, nn.BatchNorm2d) or getattr(module, "original_name", "") == (
+        "BatchNorm2d"
+    )
+
+
+def _disagreement(model: nn.Module, folded: nn.Module, config: ServingConfig) -> float:
+    """Relative L2 between the two models' scores on two random inputs of the served shape: a
+    trace that missed some Python behaviour would show here (folding itself moves ~1e-6)."""
+    pre = config.preprocess
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    rows = torch.randn(
+        2, pre.channels, pre.size, pre.size, generator=torch.Generator().manual_seed(0)
+    ).to(device)
+    with torch.no_grad():
+        before, after = model(rows), folded(rows)
+    if config.output:
+        before, after = select_output(before, config.output), select_output(after, config.output)
+    if not isinstance(before, torch.Tensor) or not isinstance(after, torch.Tensor):
+        return float("inf")  # not a scores tensor: leave it to the model check to say
+    before, after = before.float(), after.float()
+    return float((after - before).norm() / before.norm().clamp_min(1e-12))
 
 
 def load_labels(model_dir: Path, config: ServingConfig) -> dict[int, str]:

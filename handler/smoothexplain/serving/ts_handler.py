@@ -130,7 +130,7 @@ class SmoothExplainHandler:
         config = parse_config(raw)
         kept = config.keep_freed_memory and keep_freed_memory()
         device = _device(properties)
-        model = load_model(model_dir, config, device)
+        model = load_model(model_dir, config, device, note=log.info)
         labels = load_labels(model_dir, config)
         metrics = ServiceMetrics(name, device)  # files under $PROMETHEUS_MULTIPROC_DIR when set
         timeout = _response_timeout(context)
