@@ -23,6 +23,8 @@ def _allowed(entry: Option) -> str:
         return " · ".join(f"`{c}`" for c in entry.choices)
     if entry.kind is bool:
         return "true · false"
+    if entry.kind is str:
+        return "a module name, e.g. `features.7`"
     kind = "integer" if entry.kind is int else "number"
     return f"{kind} in {entry.span()}" if entry.low is not None else f"finite float32 {kind}"
 

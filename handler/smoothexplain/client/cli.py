@@ -103,7 +103,7 @@ def _add_option(group: argparse._ArgumentGroup, entry: Option) -> None:
     elif entry.kind is bool:
         group.add_argument(entry.flag, dest=entry.name, action="store_true", help=text)
     else:
-        metavar = "N" if entry.kind is int else "X"
+        metavar = {int: "N", str: "NAME"}.get(entry.kind, "X")
         group.add_argument(entry.flag, dest=entry.name, type=entry.kind, metavar=metavar, help=text)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -115,10 +115,14 @@ def explain(
     precision: str = "fp32",
     memory_budget: int | None = None,
     memory_format: str = "contiguous",
+    layer: str | None = None,
+    cam_resolution: str = "input",
+    cam_reshape: Mapping[str, object] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Smoothed attributions of `model`'s score for `target` at each input (docs/api.md).
 
-    Returns a float32 tensor shaped like `inputs`, or `(attributions, delta)` with `delta` of
+    Returns a float32 tensor shaped like `inputs` (class-activation maps: (N, 1, H, W) of the
+    input, or of `layer` with `cam_resolution="layer"`), or `(attributions, delta)` with `delta` of
     shape (N,) when `return_convergence_delta` is set. Raises `InvalidArgument` (a ValueError)
     naming the argument for any bad value.
     """
@@ -140,6 +144,9 @@ def explain(
         noise_sampling=noise_sampling,
         tolerance=tolerance,
         precision=precision,
+        layer=layer,
+        cam_resolution=cam_resolution,
+        cam_reshape=cam_reshape,
     )
     scheduler = Scheduler(  # checks its arguments
         model, nt_samples_batch_size, memory_budget, memory_format=memory_format

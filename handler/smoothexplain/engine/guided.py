@@ -28,7 +28,7 @@ from torch.overrides import TorchFunctionMode
 
 from ..protocol.errors import InvalidArgument
 
-__all__ = ["GuidedModel", "guided_refusal"]
+__all__ = ["GuidedModel", "guided_refusal", "torchscript_part"]
 
 Model = Callable[[torch.Tensor], torch.Tensor]
 # (args, kwargs) of a call → its upper bound when it is a ReLU-type unit, else None
@@ -163,7 +163,7 @@ class _GuidedMode(TorchFunctionMode):
         return _GuidedUnit.apply(x, lambda: func(*args, **kwargs), high)
 
 
-def _torchscript_part(model: object) -> str | None:
+def torchscript_part(model: object) -> str | None:
     """A description of the TorchScript in `model` (itself or a submodule), None if none."""
     if isinstance(model, torch.jit.ScriptFunction):
         return "the model is a TorchScript function"
@@ -183,7 +183,7 @@ class GuidedModel:
     """
 
     def __init__(self, model: Model) -> None:
-        scripted = _torchscript_part(model)
+        scripted = torchscript_part(model)
         if scripted is not None:
             raise InvalidArgument(
                 f"method guided_backprop cannot be applied: {scripted}, whose ReLUs run in the "

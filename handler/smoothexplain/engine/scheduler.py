@@ -20,6 +20,8 @@ from ..protocol.checks import check_option
 from ..protocol.errors import InvalidArgument, LimitExceeded, ModelOutputError, ResourceExhausted
 from ..protocol.options import MemoryFormat, option
 from .aggregate import Moments
+from .cam import LayerReader, layer_maps, upsample
+from .cam_layers import CamLayers
 from .guided import GuidedModel
 from .joint import joint_alphas, joint_rows, point_attributions
 from .layout import LayoutChooser, rows_in
@@ -29,6 +31,8 @@ from .pass_tuning import PassTuner
 from .quadrature import path_points
 from .spec import (
     MIN_SAMPLES_FOR_STOPPING,
+    CamReshape,
+    CamResolution,
     ExplainSpec,
     Method,
     NtType,
@@ -104,6 +108,7 @@ class _Run:
         self.joint_alphas = (
             joint_alphas(job.seed, spec.samples, spec.steps) if spec.joint_ig else None
         )
+        self.layer: str | None = None  # CAMs: the layer read, resolved before any pass
         self.path_sum: torch.Tensor | None = None  # Σₖ wₖ·grad for the sample in progress
         self.attr_total = 0.0  # Σ over samples of Σᵢ attrᵢ (convergence delta)
         self.endpoint_total = 0.0  # Σ over samples of F(x̃)
@@ -201,6 +206,10 @@ class Scheduler:
     `memory_budget` (bytes) lowers the rows per call to fit; a row that alone costs more is run
     one row a call, or, with `refuse_over_budget`, refused (`LimitExceeded`, field "input")
     before any pass of the run: the budget is then what the process can afford, not a target.
+
+    Class-activation maps run through `cam_model` (default: `model`) with their layer named
+    in `layer_root` (default: `model` itself): a server reads the layers of the model as its
+    user wrote it, while the input methods run a BatchNorm-folded copy.
     """
 
     def __init__(
@@ -211,6 +220,8 @@ class Scheduler:
         tune_pass_rows: bool = False,
         refuse_over_budget: bool = False,
         memory_format: object = "contiguous",
+        cam_model: Model | None = None,
+        layer_root: object = None,
     ) -> None:
         # Named as explain() names them (the server checks its config keys at load).
         if chunk_rows is not None:
@@ -231,6 +242,11 @@ class Scheduler:
         assert isinstance(layout, MemoryFormat)
         self.layouts = LayoutChooser(layout, model)  # per input shape; the weights follow
         self._rows_layout = MemoryFormat.CONTIGUOUS
+        cam_call = cam_model if cam_model is not None else model
+        self.cams = CamLayers(layer_root if layer_root is not None else cam_call, cam_call)
+        self._reader: LayerReader | None = None  # the CAM group being run: its layer
+        self._guided_cam: Model | None = None  # guided_grad_cam: its guided pass
+        self._reshape: CamReshape | None = None  # the CAM group's token grid
 
     def _row_limit(self, run: _Run) -> int | None:
         """Rows per call: `chunk_rows`, lowered to fit `memory_budget` when one is set."""
@@ -271,9 +287,15 @@ class Scheduler:
         self.stats = SchedulerStats()
         started = time.perf_counter()
         runs = [_Run(job) for job in jobs]
+        for run in runs:  # an unusable layer is refused before any pass
+            if run.spec.cam:
+                run.layer = self.cams.resolve(run.spec, run.x)
+                _check_cam_input(run)
         self.stats.setup_seconds = time.perf_counter() - started
         # Built first: a model guided backprop cannot serve is refused before any pass.
         guided = GuidedModel(self.model) if any(_guided(run) for run in runs) else None
+        guided_cam = any(r.spec.method is Method.GUIDED_GRAD_CAM for r in runs)
+        self._guided_cam = GuidedModel(self.cams.model) if guided_cam else None
         groups = _groups(runs)
         for group in groups:  # a row kind over the budget is refused before any pass
             self._enter(group, guided)
@@ -288,6 +310,10 @@ class Scheduler:
         """Make `group` the one being run: its model (guided or not), precision, kind and
         memory layout."""
         self._call = guided if guided is not None and _guided(group[0]) else self.model
+        layer = group[0].layer
+        self._reader = None if layer is None else self.cams.reader(layer)
+        if self._reader is not None:
+            self._call, self._reshape = self._reader, group[0].spec.cam_reshape
         self._precision = group[0].spec.precision
         self._kind = _group_key(group[0])
         self._rows_layout = self.layouts.layout(group[0].x, self._probe)
@@ -331,7 +357,8 @@ class Scheduler:
         targets = torch.tensor(
             [p.run.job.target for p in pieces for _ in range(p.size)], device=rows.device
         )
-        grads = self._gradients(rows, targets)
+        methods = [p.run.spec.method for p in pieces for _ in range(p.size)]
+        grads = self._gradients(rows, targets, methods)
         offset = 0
         for piece in pieces:
             _accumulate(piece, grads[offset : offset + piece.size])
@@ -339,14 +366,18 @@ class Scheduler:
         _stop_converged({id(p.run): p.run for p in pieces}.values())
         self._endpoints([p for p in pieces if p.run.spec.return_convergence_delta])
 
-    def _gradients(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """∂F_target/∂row for every row, in model calls of at most `chunk_rows` rows."""
+    def _gradients(
+        self, rows: torch.Tensor, targets: torch.Tensor, methods: list[Method]
+    ) -> torch.Tensor:
+        """∂F_target/∂row for every row (CAMs: each row's map), in model calls of at most
+        `chunk_rows` rows."""
         parts: list[torch.Tensor] = []
         start, count = 0, rows.shape[0]
         while start < count:
             size = min(self._call_rows(count - start), count - start)
             began = time.perf_counter()
-            grads = self._try_gradients(rows[start : start + size], targets[start : start + size])
+            part = slice(start, start + size)
+            grads = self._try_gradients(rows[part], targets[part], methods[part])
             if grads is None:  # out of memory: halve, remember, retry the same rows
                 if size == 1:
                     raise ResourceExhausted(
@@ -374,10 +405,14 @@ class Scheduler:
             return self.chunk_rows
         return self.tuner.choose(self._kind, self.chunk_rows, rows_left)
 
-    def _try_gradients(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
+    def _try_gradients(
+        self, rows: torch.Tensor, targets: torch.Tensor, methods: list[Method]
+    ) -> torch.Tensor | None:
         try:
             # The pieces keep the plain rows; the model sees them in the group's layout.
             leaf = rows_in(self._rows_layout, rows.detach()).requires_grad_(True)
+            if self._reader is not None:
+                return self._cam_maps(leaf, targets, methods, self._reader)
             with _autocast(self._precision, leaf.device):
                 scores = self._scores(leaf, targets)
             (grads,) = torch.autograd.grad(scores.float().sum(), leaf)
@@ -385,8 +420,29 @@ class Scheduler:
             return None  # the caller retries once this frame (and its tensors) is gone
         return grads
 
-    def _scores(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        out = self._call(rows)
+    def _cam_maps(
+        self, leaf: torch.Tensor, targets: torch.Tensor, methods: list[Method], reader: LayerReader
+    ) -> torch.Tensor:
+        """Each row's layer map (rows, 1, h, w); guided_grad_cam: guided backprop times the
+        upsampled Grad-CAM, shaped like the rows (a second, guided pass)."""
+        with _autocast(self._precision, leaf.device):
+            scores = self._scores(leaf, targets)
+        activation = reader.activation
+        assert activation is not None
+        reader.activation = None
+        (gradient,) = torch.autograd.grad(scores.float().sum(), activation)
+        maps = layer_maps(methods, activation.detach(), gradient, self._reshape)
+        if self._guided_cam is None or methods[0] is not Method.GUIDED_GRAD_CAM:
+            return maps
+        with _autocast(self._precision, leaf.device):
+            guided_scores = self._scores(leaf, targets, self._guided_cam)
+        (guided,) = torch.autograd.grad(guided_scores.float().sum(), leaf)
+        return guided.float() * upsample(maps, leaf.shape[-2:])
+
+    def _scores(
+        self, rows: torch.Tensor, targets: torch.Tensor, call: Model | None = None
+    ) -> torch.Tensor:
+        out = (call or self._call)(rows)
         if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != rows.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelOutputError(
@@ -437,19 +493,34 @@ def _guided(run: _Run) -> bool:
     return run.spec.method is Method.GUIDED_BACKPROP
 
 
+def _check_cam_input(run: _Run) -> None:
+    """A CAM at input resolution (and guided_grad_cam) needs an image input (C, H, W)."""
+    at_input = run.spec.cam_resolution is CamResolution.INPUT
+    if (at_input or run.spec.method is Method.GUIDED_GRAD_CAM) and run.x.dim() != 3:
+        raise InvalidArgument(
+            f"a class-activation map upsampled to the input needs inputs of shape (N, C, H, W), "
+            f"got an input of shape {tuple(run.x.shape)}; ask for cam_resolution='layer'",
+            field="cam_resolution",
+        )
+
+
 def _group_key(run: _Run) -> tuple[object, ...]:
+    """Rows of one key share model calls: the same row shape, dtype, device, backward rule
+    (CAMs: the layer and its reshape; guided_grad_cam's second pass) and precision."""
     return (
         tuple(run.x.shape),
         run.x.dtype,
         run.x.device,
         _guided(run),
         run.spec.precision,
+        run.layer,
+        run.spec.cam_reshape if run.layer is not None else None,
+        run.spec.method is Method.GUIDED_GRAD_CAM,
     )
 
 
 def _groups(runs: list[_Run]) -> list[list[_Run]]:
-    """Runs that may share a model call: same row shape, dtype, device, backward rule and
-    precision."""
+    """Runs that may share a model call (`_group_key`)."""
     groups: dict[tuple[object, ...], list[_Run]] = {}
     for run in runs:
         groups.setdefault(_group_key(run), []).append(run)
@@ -552,6 +623,11 @@ def _accumulate_joint(piece: _Piece, grads: torch.Tensor) -> None:
 
 def _result(run: _Run) -> JobResult:
     attribution = run.moments.result(run.spec.nt_type).to(torch.float32)
+    spec = run.spec
+    layer_map = spec.cam and spec.method is not Method.GUIDED_GRAD_CAM
+    if layer_map and spec.cam_resolution is CamResolution.INPUT:
+        # Aggregated at the layer (NoiseTunnel over a layer CAM), then upsampled once.
+        attribution = upsample(attribution.unsqueeze(0), run.x.shape[-2:])[0]
     delta: float | None = None
     if run.spec.return_convergence_delta:
         samples = run.moments.count

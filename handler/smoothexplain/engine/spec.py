@@ -6,6 +6,7 @@ so a value is judged the same way wherever it comes from, and every error names 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,11 +20,13 @@ from ..protocol.checks import (
 )
 from ..protocol.errors import InvalidArgument
 from ..protocol.options import (
+    CAM_METHODS,
     FLOAT32_MAX,
     MAX_SEED,
     MAX_SIGMA,
     MIN_CONFIDENCE,
     OPTIONS,
+    CamResolution,
     IgRule,
     IgSampling,
     Method,
@@ -43,6 +46,8 @@ __all__ = [
     "MIN_VARGRAD_NOISE",
     "SPEC_OPTIONS",
     "Bounds",
+    "CamReshape",
+    "CamResolution",
     "ExplainSpec",
     "IgRule",
     "IgSampling",
@@ -74,6 +79,15 @@ class Bounds:
 
 
 @dataclass(frozen=True)
+class CamReshape:
+    """How a token layer's (rows, tokens, channels) output becomes a (rows, channels, *grid)
+    map: the first `skip_tokens` (a class token) dropped, the rest laid out row-major."""
+
+    grid: tuple[int, int]
+    skip_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class ExplainSpec:
     """A checked request: build it with `make_spec` (one field per spec option of the table)."""
 
@@ -91,7 +105,10 @@ class ExplainSpec:
     tolerance: float | None  # stop once the mean's relative standard error is below
     precision: Precision
     ig_sampling: IgSampling
+    layer: str | None  # CAMs: the module read (None: the model's default layer)
+    cam_resolution: CamResolution
     bounds: Bounds | None = None  # explain()'s input range; the server's from its preprocessing
+    cam_reshape: CamReshape | None = None  # CAMs on a token layer: its grid
 
     def echo(self) -> dict[str, object]:
         """The options as they ran, by table name (enums as their names): what an answer
@@ -126,6 +143,11 @@ class ExplainSpec:
         return self.n_steps if self.method is Method.INTEGRATED_GRADIENTS else 1
 
     @property
+    def cam(self) -> bool:
+        """A class-activation map: read at `layer` rather than at the input."""
+        return self.method in CAM_METHODS
+
+    @property
     def rows(self) -> int:
         return self.samples * self.steps
 
@@ -156,6 +178,27 @@ def _bounds(value: object) -> Bounds | None:
     if not ordered:
         raise InvalidArgument("bounds must satisfy x_min < x_max everywhere", field="bounds")
     return Bounds(low=low, high=high)
+
+
+def _cam_reshape(value: object) -> CamReshape | None:
+    """`{grid: [rows, cols], skip_tokens: k}` (or a CamReshape) checked; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, CamReshape):
+        grid, skip = value.grid, value.skip_tokens
+    elif isinstance(value, Mapping) and set(value) <= {"grid", "skip_tokens"} and "grid" in value:
+        grid, skip = value["grid"], value.get("skip_tokens", 0)
+    else:
+        raise InvalidArgument(
+            f"cam_reshape must be {{grid: [rows, cols], skip_tokens: k}}, got {value!r:.80}",
+            field="cam_reshape",
+        )
+    if not isinstance(grid, tuple | list) or len(grid) != 2:
+        raise InvalidArgument(
+            f"cam_reshape.grid must be [rows, cols], got {grid!r:.80}", field="cam_reshape.grid"
+        )
+    rows, cols = (check_integer("cam_reshape.grid", side, 1) for side in grid)
+    return CamReshape((rows, cols), check_integer("cam_reshape.skip_tokens", skip, 0))
 
 
 def _stdevs(value: object, bounds: Bounds | None) -> float | None:
@@ -203,10 +246,10 @@ def _refuse_degenerate_vargrad(spec: ExplainSpec) -> None:
 
 
 def make_spec(**values: object) -> ExplainSpec:
-    """Check every option (`SPEC_OPTIONS`, plus `bounds`) and return the frozen spec; unset
-    options take the table's defaults. `InvalidArgument` names a bad field."""
+    """Check every option (`SPEC_OPTIONS`, plus `bounds` and `cam_reshape`) and return the
+    frozen spec; unset options take the table's defaults. `InvalidArgument` names a bad field."""
     known = {o.name for o in SPEC_OPTIONS}
-    unknown = sorted(set(values) - known - {"bounds"})
+    unknown = sorted(set(values) - known - {"bounds", "cam_reshape"})
     if unknown:
         raise TypeError(f"make_spec() got unknown options {unknown}; known: {sorted(known)}")
     bounds = _bounds(values.get("bounds"))
@@ -220,7 +263,17 @@ def make_spec(**values: object) -> ExplainSpec:
             "return_convergence_delta is only defined for method='integrated_gradients'",
             field="return_convergence_delta",
         )
+    if (
+        checked["method"] is Method.GUIDED_GRAD_CAM
+        and checked["cam_resolution"] is CamResolution.LAYER
+    ):
+        raise InvalidArgument(
+            "cam_resolution='layer' does not apply to method='guided_grad_cam', whose map is "
+            "guided backprop (at the input) times the upsampled CAM; ask for 'input'",
+            field="cam_resolution",
+        )
     checked["stdevs"] = _stdevs(checked["stdevs"], bounds)
-    spec = ExplainSpec(**checked, bounds=bounds)
+    reshape = _cam_reshape(values.get("cam_reshape"))
+    spec = ExplainSpec(**checked, bounds=bounds, cam_reshape=reshape)
     _refuse_degenerate_vargrad(spec)
     return spec

@@ -41,7 +41,7 @@ def form_options() -> tuple[Option, ...]:
 def _kind(entry: Option) -> str:
     if entry.choices:
         return "enum"
-    return {bool: "bool", int: "int", float: "float"}[entry.kind]
+    return {bool: "bool", int: "int", float: "float", str: "str"}[entry.kind]
 
 
 def _proto_names(entry: Option) -> list[str]:

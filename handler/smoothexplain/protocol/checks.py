@@ -16,6 +16,7 @@ from .errors import InvalidArgument
 from .options import FLOAT32_MAX, Option, finite
 
 __all__ = [
+    "MAX_NAME",
     "check_choice",
     "check_integer",
     "check_option",
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 E = TypeVar("E", bound=StrEnum)
+MAX_NAME = 256  # a string option (a module name): longer is no name of a real model's module
 
 
 def check_choice(field: str, value: object, kind: type[E]) -> E:
@@ -92,8 +94,8 @@ def check_real(
 
 
 def check_option(entry: Option, value: object, field: str = "") -> object:
-    """`value` checked against its table entry: the enum member, the bool, the int or the
-    float32-finite float within the entry's range, or None where the default is None.
+    """`value` checked against its table entry: the enum member, the bool, the string, the int
+    or the float32-finite float within the entry's range, or None where the default is None.
     `InvalidArgument` names `field` (default: the option's name)."""
     field = field or entry.name
     if value is None and entry.default is None:
@@ -103,6 +105,14 @@ def check_option(entry: Option, value: object, field: str = "") -> object:
     if entry.kind is bool:
         if not isinstance(value, bool):
             raise InvalidArgument(f"{field} must be a bool", field=field)
+        return value
+    if entry.kind is str:
+        if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME:
+            raise InvalidArgument(
+                f"{field} must be a non-empty string of at most {MAX_NAME} characters, "
+                f"got {value!r:.80}",
+                field=field,
+            )
         return value
     if entry.kind is int:
         low = None if entry.low is None else int(entry.low)

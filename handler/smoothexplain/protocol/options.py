@@ -19,12 +19,14 @@ from .._proto.smoothexplain.v1 import explain_pb2 as pb
 from .errors import InvalidArgument
 
 __all__ = [
+    "CAM_METHODS",
     "ENUM_OPTIONS",
     "FLOAT32_MAX",
     "MAX_SEED",
     "MAX_SIGMA",
     "MIN_CONFIDENCE",
     "OPTIONS",
+    "CamResolution",
     "Encoding",
     "IgRule",
     "IgSampling",
@@ -59,6 +61,28 @@ class Method(StrEnum):
     INPUT_X_GRADIENT = "input_x_gradient"
     INTEGRATED_GRADIENTS = "integrated_gradients"
     GUIDED_BACKPROP = "guided_backprop"
+    GRAD_CAM = "grad_cam"
+    GRAD_CAM_PLUS_PLUS = "grad_cam_plus_plus"
+    LAYER_GRADIENT_X_ACTIVATION = "layer_gradient_x_activation"
+    GUIDED_GRAD_CAM = "guided_grad_cam"  # guided backprop × the upsampled Grad-CAM
+
+
+# The class-activation maps: read at a layer (`layer`), not at the input.
+CAM_METHODS = frozenset(
+    {
+        Method.GRAD_CAM,
+        Method.GRAD_CAM_PLUS_PLUS,
+        Method.LAYER_GRADIENT_X_ACTIVATION,
+        Method.GUIDED_GRAD_CAM,
+    }
+)
+
+
+class CamResolution(StrEnum):
+    """Where a class-activation map is returned: upsampled to the input, or at its layer."""
+
+    INPUT = "input"  # bilinear, (N, 1, H, W) of the input
+    LAYER = "layer"  # (N, 1, h, w) of the layer
 
 
 class NtType(StrEnum):
@@ -119,7 +143,7 @@ class Encoding(StrEnum):
 
 @dataclass(frozen=True)
 class Option:
-    """One explain option. `kind` is int, float, bool or a StrEnum; a surface name of "" means
+    """One explain option. `kind` is int, float, bool, str or a StrEnum; a surface name of "" means
     the option is not offered there."""
 
     name: str  # make_spec / explain() keyword and ExplainSpec field
@@ -136,6 +160,7 @@ class Option:
     config: bool = False  # a model-config `defaults:` key
     spec: bool = True  # an ExplainSpec field (False: the request carries it beside the spec)
     ig_only: bool = False  # applies to integrated gradients only (echoed for IG only)
+    cam_only: bool = False  # applies to the class-activation maps only (echoed for them only)
     python: bool = True  # an `explain()` keyword
     server_key: str = ""  # a top-level key of the model-config's `smoothexplain:` section
 
@@ -264,6 +289,23 @@ OPTIONS: tuple[Option, ...] = (
         IgSampling,
         "smoothed IG: grid (n_steps rows per noise sample) or joint (one row per sample)",
         ig_only=True,
+    ),
+    Option(
+        "layer",
+        str,
+        None,
+        "class-activation maps: the module read, by its name in the model (default: the last "
+        "module with a 4-D output that runs once per forward)",
+        proto="layer",
+        flag="--layer",
+        config=True,
+        cam_only=True,
+    ),
+    _enum(
+        "cam_resolution",
+        CamResolution,
+        "class-activation maps: upsampled bilinearly to the input, or at the layer's own size",
+        cam_only=True,
     ),
     Option(
         "seed",
