@@ -214,6 +214,10 @@ def store(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> P
         "layout channels_last; BatchNorm2d folded into the convolution before it: 1" in built[0][1]
     )
     assert "BatchNorm2d not folded: TorchScript" in built[1][1]
+    # CAM layers by the names a request gives: the eager model's own (its BatchNorm, which
+    # folding removed from the model the input methods run), the ONNX model's converted ones
+    assert "layers CAM default bn; 2 usable: conv, bn" in built[0][1]
+    assert "layers CAM default " in built[2][1] and "layers none: " in built[1][1]
     return store
 
 

@@ -107,6 +107,12 @@ def test_the_description_is_the_options_table_with_the_model_s_defaults_and_limi
     assert options["sigma"]["high"] == 10.0 and options["confidence"]["open_high"]
     assert options["seed"]["default"] is None and options["seed"]["flag"] == "--seed"
     assert found["top_k"] == {"default": 3, "high": 10}
+    assert options["layer"]["kind"] == "str" and options["layer"]["cam_only"]
+    assert options["cam_resolution"]["proto_choices"] == [
+        "CAM_RESOLUTION_INPUT",
+        "CAM_RESOLUTION_LAYER",
+    ]
+    assert "grad_cam_plus_plus" in options["method"]["cam_methods"]
     json.dumps(found)  # what the endpoint sends
 
 

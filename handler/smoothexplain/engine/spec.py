@@ -56,6 +56,7 @@ __all__ = [
     "NoiseSampling",
     "NtType",
     "Precision",
+    "check_cam_reshape",
     "check_integer",
     "finite_float32",
     "make_spec",
@@ -180,7 +181,7 @@ def _bounds(value: object) -> Bounds | None:
     return Bounds(low=low, high=high)
 
 
-def _cam_reshape(value: object) -> CamReshape | None:
+def check_cam_reshape(value: object) -> CamReshape | None:
     """`{grid: [rows, cols], skip_tokens: k}` (or a CamReshape) checked; None stays None."""
     if value is None:
         return None
@@ -273,7 +274,7 @@ def make_spec(**values: object) -> ExplainSpec:
             field="cam_resolution",
         )
     checked["stdevs"] = _stdevs(checked["stdevs"], bounds)
-    reshape = _cam_reshape(values.get("cam_reshape"))
+    reshape = check_cam_reshape(values.get("cam_reshape"))
     spec = ExplainSpec(**checked, bounds=bounds, cam_reshape=reshape)
     _refuse_degenerate_vargrad(spec)
     return spec

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..protocol.options import ENUM_OPTIONS, OPTIONS, Option, enum_to_proto
+from ..protocol.options import CAM_METHODS, ENUM_OPTIONS, OPTIONS, Option, enum_to_proto
 
 __all__ = ["EXPLORER_ENCODING", "LIMITED_BY", "ModelFacts", "describe", "form_options"]
 
@@ -72,6 +72,9 @@ def _described(entry: Option, facts: ModelFacts) -> dict[str, Any]:
         "limit": LIMITED_BY.get(entry.name, ""),
         "help": entry.help,
         "ig_only": entry.ig_only,
+        "cam_only": entry.cam_only,
+        # the methods that read a layer (the form shows `layer`, `cam_resolution` for them)
+        "cam_methods": sorted(m.value for m in CAM_METHODS) if entry.name == "method" else [],
         "flag": entry.flag,
         "proto": entry.proto,
     }

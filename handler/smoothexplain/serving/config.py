@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from ..engine.spec import SPEC_OPTIONS, ExplainSpec, make_spec
+from ..engine.spec import SPEC_OPTIONS, CamReshape, ExplainSpec, check_cam_reshape, make_spec
 from ..protocol.checks import check_integer, check_option
 from ..protocol.errors import InvalidArgument, LimitExceeded
 from ..protocol.options import OPTIONS, Option, option
@@ -136,6 +136,8 @@ class ServingConfig:
     # channels_last: 0.55-0.83x the NCHW time on the demo and ImageNet CNNs measured here.
     memory_format: str = "channels_last"
     fold_batchnorm: bool = True  # BatchNorm folded into its convolution at load (folding.py)
+    # CAMs on a token layer: {grid: [rows, cols], skip_tokens: k} (engine/cam.py)
+    cam_reshape: CamReshape | None = None
     preprocess: Preprocess = Preprocess()
     defaults: Defaults = Defaults()
     limits: Limits = Limits()
@@ -203,6 +205,7 @@ def parse_config(raw: Mapping[str, Any] | None) -> ServingConfig:
     nested = {"preprocess": Preprocess, "limits": Limits}
     parts = {key: _section(cls, raw.pop(key, None), key) for key, cls in nested.items()}
     parts["defaults"] = _defaults(raw.pop("defaults", None))
+    parts["cam_reshape"] = check_cam_reshape(raw.pop("cam_reshape", None))
     top = _section(ServingConfig, raw, "smoothexplain")
     config = ServingConfig(**{**{f.name: getattr(top, f.name) for f in fields(top)}, **parts})
     if config.format not in FORMATS:

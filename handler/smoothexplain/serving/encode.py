@@ -70,11 +70,13 @@ def applied(
     spec: ExplainSpec, seed: int, asked: pb.ExplainOptions, encoding: str
 ) -> pb.ExplainOptions:
     """The request's options with every default filled in, as the engine ran them (the IG
-    options for IG only)."""
+    options for IG only, the CAM options for CAMs only)."""
     values = {**spec.echo(), "seed": seed, "encoding": encoding}
     values["baseline"] = from_proto(asked)["baseline"]
     if spec.method is not Method.INTEGRATED_GRADIENTS:
         values = {name: v for name, v in values.items() if not option(name).ig_only}
+    if not spec.cam:
+        values = {name: v for name, v in values.items() if not option(name).cam_only}
     return to_proto(values)
 
 

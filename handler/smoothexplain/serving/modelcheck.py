@@ -37,13 +37,15 @@ from ..engine.spec import Method
 from ..protocol.errors import SmoothExplainError
 from .codec import tensor_to_message
 from .config import ServingConfig, parse_config
-from .models import load_labels, load_model
+from .models import load_labels, load_served
 from .service import ExplainService, Incoming
 
 __all__ = ["CheckFailed", "CheckReport", "check_model_dir", "main"]
 
 EXIT_OK, EXIT_CANNOT_SERVE = 0, 2
 BATCH_ROWS = 3
+# Request fields whose 400 means "this method does not apply to this model", not a fault.
+_NOT_APPLICABLE = ("options.method", "options.layer")
 _METHOD_ENUM = {m: pb.Method.Value(f"METHOD_{m.name}") for m in Method}
 
 
@@ -175,7 +177,7 @@ def _check_methods(service: ExplainService, row: torch.Tensor, report: CheckRepo
         response = pb.Response.FromString(answer.body if isinstance(answer.body, bytes) else b"")
         if response.HasField("error"):
             error = response.error
-            if error.field != "options.method" or error.http_status != 400:
+            if error.field not in _NOT_APPLICABLE or error.http_status != 400:
                 where = f" (field {error.field})" if error.field else ""
                 raise CheckFailed(
                     f"{method.value} fails: {error.message}{where}; the server log of a real "
@@ -185,10 +187,20 @@ def _check_methods(service: ExplainService, row: torch.Tensor, report: CheckRepo
         else:
             report.methods[method.value] = "ok"
             rows = max(response.rows, 1)
-            report.say(f"  {method.value:<21} {seconds / rows * 1e3:7.1f} ms/row ({rows} rows)")
+            report.say(f"  {method.value:<27} {seconds / rows * 1e3:7.1f} ms/row ({rows} rows)")
     for name, verdict in report.methods.items():
         if verdict != "ok":
-            report.say(f"  {name:<21} {verdict}")
+            report.say(f"  {name:<27} {verdict}")
+
+
+def _cam_layers(service: ExplainService, row: torch.Tensor) -> str:
+    """The modules a CAM request may name (`options.layer`), as this model's loader names
+    them (an ONNX model's converted names), with the default."""
+    cams = service.scheduler.cams
+    if cams.refusal is not None:
+        return f"none: {cams.refusal}"
+    usable = cams.census(row).usable(service.config.cam_reshape)
+    return f"CAM default {service.default_layer}; {len(usable)} usable: " + ", ".join(usable)
 
 
 def check_model_dir(model_dir: Path) -> CheckReport:
@@ -198,7 +210,8 @@ def check_model_dir(model_dir: Path) -> CheckReport:
     try:
         config = parse_config(raw.get("smoothexplain"))
         notes: list[str] = []
-        model = load_model(model_dir, config, torch.device("cpu"), note=notes.append)
+        served = load_served(model_dir, config, torch.device("cpu"), note=notes.append)
+        model = served.model
         labels = load_labels(model_dir, config)
     except SmoothExplainError as error:
         raise CheckFailed(error.message) from None
@@ -213,10 +226,13 @@ def check_model_dir(model_dir: Path) -> CheckReport:
     report.say(f"  cpu    {cpu_support().describe()}")
     report.say(f"  layout {config.memory_format}" + "".join(f"; {n}" for n in notes))
     try:
-        service = ExplainService(model, config, labels, torch.device("cpu"), model_dir.name)
+        service = ExplainService(
+            model, config, labels, torch.device("cpu"), model_dir.name, layers=served.layers
+        )
     except SmoothExplainError as error:  # e.g. defaults.precision this CPU cannot run fast
         raise CheckFailed(error.message) from None
     report.say(f"  image  {_check_image(service, config)}")
+    report.say(f"  layers {_cam_layers(service, rows[0])}")
     _check_methods(service, rows[0], report)
     return report
 

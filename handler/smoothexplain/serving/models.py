@@ -12,6 +12,7 @@ import json
 import pickle
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,15 @@ from ..engine.folding import fold_batchnorm
 from ..protocol.errors import InvalidArgument, ModelOutputError
 from .config import ServingConfig
 
-__all__ = ["SelectOutput", "load_labels", "load_model", "prepare_model", "select_output"]
+__all__ = [
+    "SelectOutput",
+    "Served",
+    "load_labels",
+    "load_model",
+    "load_served",
+    "prepare_model",
+    "select_output",
+]
 
 _KEYS_SHOWN = 5  # missing / unexpected state_dict keys named in an error
 _FOLD_TOLERANCE = 1e-4  # relative L2 of the scores that a folded model may move
@@ -168,15 +177,37 @@ def select_output(result: object, output: str) -> torch.Tensor:
     return picked
 
 
+@dataclass(frozen=True)
+class Served:
+    """What a worker runs: `model` for the input methods (BatchNorm folded, the logits
+    selected), and `layers`, the model as its archive defines it, whose modules the
+    class-activation maps read by name (folding traces the model with torch.fx: modules it
+    traced through never run, folded BatchNorms are gone, and a folded convolution outputs
+    what its BatchNorm did)."""
+
+    model: nn.Module
+    layers: nn.Module
+
+
 def load_model(
     model_dir: Path,
     config: ServingConfig,
     device: torch.device,
     note: Callable[[str], None] | None = None,
 ) -> nn.Module:
+    """`load_served(...).model`: the model the input methods run."""
+    return load_served(model_dir, config, device, note).model
+
+
+def load_served(
+    model_dir: Path,
+    config: ServingConfig,
+    device: torch.device,
+    note: Callable[[str], None] | None = None,
+) -> Served:
     """The model in eval mode on `device`, its parameters frozen (we only need input gradients),
     its BatchNorms folded into their convolutions when `fold_batchnorm` (what was folded goes
-    to `note`: the worker log, the archive check)."""
+    to `note`: the worker log, the archive check), and the unfolded model beside it."""
     weights = model_dir / config.weights
     if not weights.is_file():
         raise InvalidArgument(
@@ -192,10 +223,11 @@ def load_model(
     model = model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
+    layers = model
     model, said = prepare_model(model, config)
     if note is not None and said:
         note(said)
-    return SelectOutput(model, config.output) if config.output else model
+    return Served(SelectOutput(model, config.output) if config.output else model, layers)
 
 
 def prepare_model(model: nn.Module, config: ServingConfig) -> tuple[nn.Module, str]:

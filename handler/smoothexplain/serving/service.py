@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import torch
+from torch import nn
 
 from .._proto.smoothexplain.v1 import explain_pb2 as pb
 from ..engine import ExplainJob, JobResult, Scheduler, SchedulerStats, guided_refusal
@@ -50,13 +51,18 @@ from .decode import Decoded, Incoming, decode, parse, seeded
 from .encode import Outgoing, explanation, failed, not_finite, too_big
 from .memory import serving_memory_budget
 from .metrics import ServiceMetrics
+from .models import SelectOutput
 
 __all__ = ["ExplainService", "Incoming", "Outgoing"]
 
 log = logging.getLogger(__name__)
 
 # Engine arguments that are request options under another name (e.g. guided backprop refused).
-_ENGINE_FIELDS = {"method": "options.method"}
+_ENGINE_FIELDS = {
+    "method": "options.method",
+    "layer": "options.layer",
+    "cam_resolution": "options.cam_resolution",
+}
 
 
 @dataclass(eq=False)
@@ -95,6 +101,7 @@ class ExplainService:
         model_name: str = "",
         metrics: ServiceMetrics | None = None,
         response_timeout: float | None = None,  # TorchServe's, seconds: explanations stop in time
+        layers: nn.Module | None = None,  # the unfolded model, for CAMs (models.Served)
     ) -> None:
         slow = slow_precision_reason(Precision(str(config.defaults["precision"])), device)
         if slow:  # the model's own default: refused at load, not on every request
@@ -110,6 +117,15 @@ class ExplainService:
         )
         self.budget = Budgeted(model)  # the engine's model calls stop once the time is up
         self.guided_refusal = guided_refusal(model)  # TorchScript: known before any request
+        # CAMs read the model as the archive defines it (see models.Served), under a budget
+        # of their own that starts and stops with the other.
+        root: object = model.inner if isinstance(model, SelectOutput) else model
+        self.cam_budget = self.budget
+        if layers is not None:
+            root = layers  # layer names as the user's model has them
+            self.cam_budget = Budgeted(
+                SelectOutput(layers, config.output) if config.output else layers
+            )
         self.scheduler = Scheduler(
             self.budget,
             config.nt_samples_batch_size,
@@ -117,9 +133,28 @@ class ExplainService:
             tune_pass_rows=config.tune_pass_rows,
             refuse_over_budget=hard,
             memory_format=config.memory_format,
+            cam_model=self.cam_budget,
+            layer_root=root,
         )
+        self.default_layer = self._default_layer()
         self.costs = CostModel()  # seconds per row-feature, for admission by cost
         self._reprobed: set[int] = set()  # input sizes probed again before a refusal
+
+    def _default_layer(self) -> str | None:
+        """The CAM layer a request that names none reads, found once at load on an input of
+        the served shape (None where no CAM applies: requests are then told why)."""
+        cams = self.scheduler.cams
+        if cams.refusal is not None:
+            return None
+        pre = self.config.preprocess
+        row = torch.zeros(pre.channels, pre.size, pre.size, device=self.device)
+        try:
+            layer = cams.census(row).default()
+        except Exception:  # a model that cannot take the served shape: its requests say so
+            log.exception("no class-activation layer found")
+            return None
+        log.info("class-activation maps read layer %s by default", layer)
+        return layer
 
     def probe_cost(self, rows: int = 2, shape: Sequence[int] | None = None) -> None:
         """Seed the cost model with two timed forward + backward calls on an input of `shape`
@@ -187,11 +222,14 @@ class ExplainService:
                 planned.append(task)
         explained = self._admit([t for t in planned if t.work.ok], batch_started)
         requests = [t.decoded.request for t in explained]
-        self.budget.start(*stop_at(requests, batch_started, self.response_timeout))
+        stop = stop_at(requests, batch_started, self.response_timeout)
+        self.budget.start(*stop)
+        self.cam_budget.start(*stop)
         try:
             self._explain(explained)
         finally:
             self.budget.start(None, "")
+            self.cam_budget.start(None, "")
         explain_ms = 1000 * (time.perf_counter() - started)
         explained_works = [t.work for t in explained]
         for work in works:
@@ -253,8 +291,12 @@ class ExplainService:
     def _decode(self, work: _Work) -> None:
         started = time.perf_counter()
         work.request = parse(work.incoming, self.config.limits)
-        work.decoded = decode(work.request, self.config, self.device, self.bounds)
+        work.decoded = decode(
+            work.request, self.config, self.device, self.bounds, self.default_layer
+        )
         work.decoded = seeded(work.decoded, self.guided_refusal)
+        if work.decoded.spec is not None and work.decoded.spec.cam:  # its layer, before a pass
+            self.scheduler.cams.resolve(work.decoded.spec, work.decoded.inputs, "options.")
         if work.decoded.crop is not None:
             work.response.crop.resize, work.response.crop.size = work.decoded.crop
         work.response.model = self.model_name

@@ -25,7 +25,7 @@ from .allocator import keep_freed_memory
 from .codec import GRPC_KEY
 from .config import parse_config
 from .metrics import ServiceMetrics
-from .models import load_labels, load_model
+from .models import load_labels, load_served
 from .service import ExplainService, Incoming, Outgoing
 
 __all__ = [
@@ -130,11 +130,13 @@ class SmoothExplainHandler:
         config = parse_config(raw)
         kept = config.keep_freed_memory and keep_freed_memory()
         device = _device(properties)
-        model = load_model(model_dir, config, device, note=log.info)
+        served = load_served(model_dir, config, device, note=log.info)
         labels = load_labels(model_dir, config)
         metrics = ServiceMetrics(name, device)  # files under $PROMETHEUS_MULTIPROC_DIR when set
         timeout = _response_timeout(context)
-        self.service = ExplainService(model, config, labels, device, name, metrics, timeout)
+        self.service = ExplainService(
+            served.model, config, labels, device, name, metrics, timeout, served.layers
+        )
         self.service.probe_cost()  # admission by cost judges the first requests too
         log.info(
             "smoothexplain model %s ready on %s (torch threads %d, inter-op %d, %s)",

@@ -60,6 +60,11 @@
       input = document.createElement("input");
       input.type = "checkbox";
       input.checked = Boolean(option.default);
+    } else if (option.kind === "str") {
+      input = document.createElement("input");
+      input.type = "text";
+      input.value = option.default === null ? "" : option.default;
+      input.placeholder = option.default === null ? "the model's default" : "";
     } else {
       input = document.createElement("input");
       input.type = option.name === "seed" ? "text" : "number";
@@ -93,16 +98,21 @@
       input.setAttribute("aria-describedby", hint.id);
       for (const node of [label, input, hint]) {
         if (option.ig_only) node.classList.add("ig");
+        if (option.cam_only) node.classList.add("cam");
         form.append(node);
       }
     }
-    form.elements.method.addEventListener("change", () => showIgOptions(form));
-    showIgOptions(form);
+    form.elements.method.addEventListener("change", () => showMethodOptions(form));
+    showMethodOptions(form);
   }
 
-  function showIgOptions(form) {
-    const ig = form.elements.method.value === "integrated_gradients";
+  // The IG options for IG only, the class-activation-map options for CAMs only.
+  function showMethodOptions(form) {
+    const method = form.elements.method.value;
+    const ig = method === "integrated_gradients";
+    const cam = optionOf("method").cam_methods.includes(method);
     form.querySelectorAll(".ig").forEach((node) => (node.hidden = !ig));
+    form.querySelectorAll(".cam").forEach((node) => (node.hidden = !cam));
   }
 
   function optionOf(name) {
@@ -114,9 +124,12 @@
     const found = {};
     for (const option of state.description.options) {
       const input = form.elements[option.name];
-      if (option.ig_only && input.hidden) continue;
+      if ((option.ig_only || option.cam_only) && input.hidden) continue;
       if (option.kind === "enum") found[option.name] = input.value;
       else if (option.kind === "bool") found[option.name] = input.checked;
+      else if (option.kind === "str") {
+        if (input.value.trim() !== "") found[option.name] = input.value.trim();
+      }
       else if (input.value.trim() !== "") found[option.name] = number(option, input.value.trim());
     }
     return found;
