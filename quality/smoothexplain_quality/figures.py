@@ -17,7 +17,7 @@ from matplotlib.ticker import ScalarFormatter
 
 from .stats import mean_ci
 
-__all__ = ["convergence_figure", "map_grid", "sanity_figure"]
+__all__ = ["convergence_figure", "map_grid", "photo_grid", "sanity_figure"]
 
 # (column title, key of the maps, whether the map is in squared units)
 GRID_COLUMNS: tuple[tuple[str, str, bool], ...] = (
@@ -35,6 +35,19 @@ def _save(figure: Figure, path: Path) -> Path:
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
     return path
+
+
+def _finish_grid(
+    figure: Figure, axes: np.ndarray, columns: Sequence[str], title: str, path: Path
+) -> Path:
+    """Column titles on the first row, no ticks, the figure's title; then save it."""
+    for c, name in enumerate(columns):
+        axes[0, c].set_title(name, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    figure.suptitle(title, fontsize=9)
+    return _save(figure, path)
 
 
 def map_grid(maps: Mapping[str, np.ndarray], model: str, title: str, path: Path) -> Path:
@@ -57,13 +70,8 @@ def map_grid(maps: Mapping[str, np.ndarray], model: str, title: str, path: Path)
         axes[r, 0].contour(masks[r].astype(np.float64), levels=[0.5], colors="cyan", linewidths=1.0)
         for c, panel in enumerate(panels, start=1):
             axes[r, c].imshow(panel, cmap="inferno", vmin=0.0, vmax=top)
-    for c, name in enumerate(["input (mask)"] + [col[0] for col in GRID_COLUMNS]):
-        axes[0, c].set_title(name, fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    figure.suptitle(title, fontsize=9)
-    return _save(figure, path)
+    columns = ["input (mask)"] + [col[0] for col in GRID_COLUMNS]
+    return _finish_grid(figure, axes, columns, title, path)
 
 
 def _band(
@@ -136,3 +144,34 @@ def convergence_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], path
     ax.set_ylabel("‖estimate − reference‖ / ‖reference‖", fontsize=8)
     ax.legend(fontsize=7)
     return _save(figure, path)
+
+
+# (column title, key of the pooled map) of the pretrained networks' grids
+PHOTO_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("gradient", "grad/plain"),
+    ("SmoothGrad", "grad/sg"),
+    ("AdaptGrad", "grad/ag"),
+    ("guided backprop", "gbp/plain"),
+    ("IG (black)", "ig_b/plain"),
+)
+
+
+def photo_grid(
+    maps: Mapping[str, np.ndarray], network: str, rows: Sequence[str], title: str, path: Path
+) -> Path:
+    """Each photo (as cropped for the network) and its maps; one colour scale per panel, since
+    the methods' units differ (0 to the panel's 99.5th percentile)."""
+    photos = maps[f"{network}:photo"]
+    cols = len(PHOTO_COLUMNS) + 1
+    figure, axes = plt.subplots(
+        len(rows), cols, figsize=(1.9 * cols, 1.9 * len(rows)), squeeze=False
+    )
+    for r, name in enumerate(rows):
+        axes[r, 0].imshow(photos[r])
+        axes[r, 0].set_ylabel(name, fontsize=8)
+        for c, (_, key) in enumerate(PHOTO_COLUMNS, start=1):
+            panel = maps[f"{network}:{key}"][r].astype(np.float64)
+            top = float(np.percentile(panel, 99.5)) or 1.0
+            axes[r, c].imshow(panel, cmap="inferno", vmin=0.0, vmax=top)
+    columns = ["photo (as cropped)"] + [col[0] for col in PHOTO_COLUMNS]
+    return _finish_grid(figure, axes, columns, title, path)

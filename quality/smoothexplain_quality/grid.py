@@ -93,6 +93,9 @@ class Settings:
     # IG costs n_steps passes per noise sample; these keep the 2 × 200-image grid in budget.
     ig_nt_samples: int = 10
     ig_steps: int = 8
+    # Smoothed IG: "grid" (ig_nt_samples × ig_steps rows) or "joint" (ig_nt_samples rows, one
+    # per (noise, α) pair); plain IG always uses the ig_steps Gauss–Legendre rule.
+    ig_sampling: str = "grid"
     sigma: float = 0.15
     confidence: float = 0.95
     rows_per_pass: int = 256
@@ -111,10 +114,14 @@ def attribute(
     targets: torch.Tensor,
     cell: Cell,
     settings: Settings,
+    limits: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Attributions ``(N, C, H, W)`` of `cell` for normalised `inputs`, via `explain()`."""
+    """Attributions ``(N, C, H, W)`` of `cell` for normalised `inputs`, via `explain()`.
+
+    `limits` are the (low, high) input bounds, (C, 1, 1) each; the demo's by default.
+    """
     base, smoothing = BASES[cell.base], SMOOTHINGS[cell.smoothing]
-    low, high = bounds()
+    low, high = bounds() if limits is None else limits
     ig = base.method == "integrated_gradients"
     baseline = None if base.baseline is None else (low if base.baseline == "black" else high)
     result = explain(
@@ -132,6 +139,7 @@ def attribute(
         seed=settings.seed,
         baselines=baseline,
         n_steps=settings.ig_steps,
+        ig_sampling=settings.ig_sampling,
     )
     assert isinstance(result, torch.Tensor)  # no convergence delta was asked for
     return result

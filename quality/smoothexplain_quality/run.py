@@ -1,10 +1,13 @@
 """`make report`: measure everything, keep the per-image values, write docs/quality.md + figures.
 
     python -m smoothexplain_quality.run [--docs docs] [--cache artifacts/quality] [--quick]
-                                        [--render-only]
+                                        [--part all|shapes|real] [--render-only]
 
-Per-image results go to ``<cache>/results.json`` and the maps the figures show to
-``<cache>/maps.npz``; ``--render-only`` rewrites the report from them without measuring again.
+The two parts keep their own caches: the shapes models' per-image results in
+``<cache>/results.json`` (figure maps ``maps.npz``), the pretrained networks' per-photo results
+in ``<cache>/real.json`` (``real-maps.npz``). ``--part`` chooses what to measure; the report is
+then rendered from every cache present, so re-measuring one part never recomputes the other,
+and ``--render-only`` measures nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from smoothexplain.engine.noise import adaptive_sigma
 
 from .grid import Cell, Settings, bounds, cells
 from .metrics import FloatArray, out_of_range
+from .real import REAL_FULL, REAL_QUICK, RealPlan, measure_real
 from .studies import (
     HeldOut,
     cascading_randomisation,
@@ -233,19 +237,48 @@ def measure(
     return results, figure_maps
 
 
-def build(plan: Plan, docs: Path, cache: Path, demo: Path, *, render_only: bool = False) -> Path:
-    """Measure with `plan` (unless `render_only`), keep the results in `cache`, render `docs`."""
-    results_file, maps_file = cache / "results.json", cache / "maps.npz"
-    if not render_only:
-        results, maps = measure(plan, cache, demo)
-        cache.mkdir(parents=True, exist_ok=True)
-        results_file.write_text(json.dumps(results) + "\n")
-        np.savez_compressed(maps_file, allow_pickle=False, **maps)
+def _save(results: Mapping[str, object], maps: Mapping[str, np.ndarray], json_file: Path) -> None:
+    json_file.parent.mkdir(parents=True, exist_ok=True)
+    json_file.write_text(json.dumps(results) + "\n")
+    np.savez_compressed(_maps_file(json_file), allow_pickle=False, **maps)
+
+
+def _maps_file(json_file: Path) -> Path:
+    return json_file.with_name("maps.npz" if json_file.name == "results.json" else "real-maps.npz")
+
+
+def _load(json_file: Path) -> tuple[dict[str, object], dict[str, np.ndarray]] | None:
+    if not json_file.is_file():
+        return None
+    with np.load(_maps_file(json_file)) as stored:
+        maps = {name: stored[name] for name in stored.files}
+    return json.loads(json_file.read_text()), maps
+
+
+def build(
+    plan: Plan | None,
+    docs: Path,
+    cache: Path,
+    demo: Path,
+    *,
+    render_only: bool = False,
+    real: RealPlan | None = None,
+) -> Path:
+    """Measure the shapes part with `plan` and the pretrained part with `real` (each skipped
+    when None, both when `render_only`), keep the results in `cache`, render `docs` from every
+    part's cache."""
+    shapes_file, real_file = cache / "results.json", cache / "real.json"
+    if not render_only and plan is not None:
+        _save(*measure(plan, cache, demo), shapes_file)
+    if not render_only and real is not None:
+        _save(*measure_real(real), real_file)
     from .report import render  # matplotlib is imported only when rendering
 
-    with np.load(maps_file) as stored:
-        maps = {name: stored[name] for name in stored.files}
-    return render(json.loads(results_file.read_text()), maps, docs)
+    shapes = _load(shapes_file)
+    if shapes is None and not real_file.is_file():
+        raise FileNotFoundError(f"nothing measured in {cache}: run without --render-only first")
+    results, maps = shapes if shapes is not None else (None, None)
+    return render(results, maps, docs, real=_load(real_file))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,10 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path("artifacts/quality"))
     parser.add_argument("--demo", type=Path, default=Path("artifacts/demo"))
     parser.add_argument("--quick", action="store_true", help="a small plan, for trying things")
+    parser.add_argument("--part", choices=("all", "shapes", "real"), default="all")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    out = build(plan, args.docs, args.cache, args.demo, render_only=args.render_only)
+    shapes = (QUICK if args.quick else FULL) if args.part in ("all", "shapes") else None
+    real = (REAL_QUICK if args.quick else REAL_FULL) if args.part in ("all", "real") else None
+    out = build(shapes, args.docs, args.cache, args.demo, render_only=args.render_only, real=real)
     print(f"wrote {out}")
     return 0
 
