@@ -124,6 +124,8 @@ class Prepared(nn.Module):
     ) -> None:
         super().__init__()
         self.model, self.autocast, self.channels_last = model, autocast, channels_last
+        # A wrapper in eval mode, as the model it wraps: fold_batchnorm refuses a training one
+        self.training = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

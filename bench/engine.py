@@ -4,8 +4,9 @@ per round, round after round. Models: ResNet-18/50 (random weights, a random 224
 3) and the pretrained EfficientNet-Lite0 on the cat photograph (target: its top-1 class).
 
 CPU (default): ResNet-18, ResNet-50 and EfficientNet-Lite0; gradient with nt_samples 50, IG with
-n_steps 5 and nt_samples 50 (250 rows a call), in passes of 10 rows. CUDA: ResNet-50 and
-EfficientNet-Lite0 with TF32, TF32 + channels_last and bf16 autocast + channels_last
+n_steps 5 and nt_samples 50 (250 rows a call), smoothed Grad-CAM at the model's default layer
+with nt_samples 50 (against Captum's NoiseTunnel(LayerGradCam)), in passes of 10 rows. CUDA:
+ResNet-50 and EfficientNet-Lite0 with TF32, TF32 + channels_last and bf16 autocast + channels_last
 (cudnn.benchmark on), nt_samples 50, IG n_steps 10, passes of 50 rows. `--models` runs a subset
 and merges its rows into an existing result file (the other rows keep their own date/machine).
 """
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 from common import (
     Prepared,
     add_device_arguments,
@@ -37,6 +38,7 @@ from lite0 import LITE0, WEIGHTS, cat_tensor, categories, input_about, lite0
 from torch import nn
 
 from smoothexplain import ExplainJob, Scheduler, explain, fold_batchnorm, make_spec
+from smoothexplain.engine.cam_layers import CamLayers
 
 STDEV = 0.15  # absolute noise σ (Captum takes a scalar stdev only)
 TARGET = 3  # of the random-weight ResNets; EfficientNet-Lite0 explains its top-1 class
@@ -49,7 +51,7 @@ CASE_KEY = ("model", "method", "variant")  # a result row that a later run repla
 @dataclass(frozen=True)
 class Case:
     model: str
-    method: str  # "gradient" or "integrated_gradients"
+    method: str  # "gradient", "integrated_gradients" or "grad_cam"
     nt_samples: int
     n_steps: int  # 1 for gradient
     batch: int  # rows per forward + backward pass (a multiple of n_steps)
@@ -76,6 +78,7 @@ def cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
         for model in MODELS["cpu"]:
             found.append(Case(model, "gradient", 50, 1, 10, 224, "fp32"))
             found.append(Case(model, "integrated_gradients", 50, 5, 10, 224, "fp32"))
+            found.append(Case(model, "grad_cam", 50, 1, 10, 224, "fp32"))
     found = [c for c in found if args.models is None or c.model in args.models]
     if args.smoke:  # the same code paths at toy sizes (ResNet-50 cases become duplicates)
         found = [
@@ -135,6 +138,8 @@ def contenders(
 ) -> dict[str, Callable[[], object]]:
     rows = floor_rows(case, x)[: max(1, nt_samples * case.n_steps // case.batch)]
     ig = case.method == "integrated_gradients"
+    cam = case.method == "grad_cam"
+    layer = _cam_layer(model, x) if cam else None
 
     def floor() -> None:
         for chunk in rows:
@@ -142,6 +147,9 @@ def contenders(
             torch.autograd.grad(model(leaf)[:, target].sum(), leaf)
 
     def captum() -> None:
+        if layer is not None:
+            captum_cam()
+            return
         tunnel = NoiseTunnel(IntegratedGradients(model) if ig else Saliency(model))
         extra = {"n_steps": case.n_steps} if ig else {"abs": False}
         tunnel.attribute(
@@ -153,6 +161,20 @@ def contenders(
             target=target,
             **extra,
         )
+
+    def captum_cam() -> None:
+        assert layer is not None
+        tunnel = NoiseTunnel(LayerGradCam(model, model.get_submodule(layer)))
+        small = tunnel.attribute(
+            x,
+            nt_type="smoothgrad",
+            nt_samples=nt_samples,
+            nt_samples_batch_size=case.batch,
+            stdevs=STDEV,
+            target=target,
+            relu_attributions=True,
+        )
+        LayerAttribution.interpolate(small, x.shape[2:], interpolate_mode="bilinear")
 
     def per_sample_loop() -> None:
         total = torch.zeros_like(x)
@@ -174,13 +196,16 @@ def contenders(
                 n_steps=case.n_steps,
                 seed=1,
                 memory_format=layout,
+                layer=layer,
             )
 
         return run
 
     engine = engine_in("contiguous")
     # `auto` as a server runs it: one long-lived scheduler that measured the layout once.
-    spec = make_spec(method=case.method, nt_samples=nt_samples, stdevs=STDEV, n_steps=case.n_steps)
+    spec = make_spec(
+        method=case.method, nt_samples=nt_samples, stdevs=STDEV, n_steps=case.n_steps, layer=layer
+    )
     # Its own copy of the model: the layout it gives the weights must not reach the others.
     lasting = Scheduler(copy.deepcopy(model), case.batch, memory_format="auto")
 
@@ -195,11 +220,20 @@ def contenders(
     if case.variant == "fp32":  # NCHW model: the layouts against the NCHW floor (issue 17)
         found["engine_channels_last"] = engine_in("channels_last")
         found["engine_auto"] = engine_auto
-        # What the server runs by default: BatchNorm folded at load, channels_last.
-        found["engine_served"] = engine_in("channels_last", fold_batchnorm(model).model)
-    if not ig and case.model == "resnet18" and case.variant == "fp32":
+        # What the server runs by default: BatchNorm folded at load, channels_last (CAMs:
+        # on the model as defined, whose layers folding would trace away).
+        served = model if cam else fold_batchnorm(model).model
+        found["engine_served"] = engine_in("channels_last", served)
+    if case.method == "gradient" and case.model == "resnet18" and case.variant == "fp32":
         found["per_sample_loop"] = per_sample_loop
     return found
+
+
+def _cam_layer(model: nn.Module, x: torch.Tensor) -> str:
+    """The layer the engine reads by default (ResNet: layer4; Lite0: _bn1, the head's)."""
+    layer = CamLayers(model, model).census(x[0]).default()
+    assert layer is not None
+    return layer
 
 
 def run_case(case: Case, device: torch.device, repeats: int, warm: bool) -> dict[str, object]:
@@ -236,7 +270,9 @@ def _layout_change(case: Case, model: nn.Module, x: torch.Tensor, target: int) -
     """How far channels_last, and channels_last with BatchNorm folded (the server's default),
     move the map from NCHW (same rows and seed), and what `auto` chose for this model and
     shape."""
+    cam = case.method == "grad_cam"
     kw: dict[str, Any] = {
+        "layer": _cam_layer(model, x) if cam else None,
         "method": case.method,
         "nt_samples": case.nt_samples,
         "nt_samples_batch_size": case.batch,
@@ -247,7 +283,8 @@ def _layout_change(case: Case, model: nn.Module, x: torch.Tensor, target: int) -
     nchw = explain(model, x, target, **kw)
     nhwc = explain(model, x, target, memory_format="channels_last", **kw)
     folded = fold_batchnorm(model)
-    served = explain(folded.model, x, target, memory_format="channels_last", **kw)
+    served_model = model if cam else folded.model  # as engine_served
+    served = explain(served_model, x, target, memory_format="channels_last", **kw)
     assert isinstance(nchw, torch.Tensor) and isinstance(nhwc, torch.Tensor)
     assert isinstance(served, torch.Tensor)
     chooser = Scheduler(model, case.batch, memory_format="auto")

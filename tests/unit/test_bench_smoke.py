@@ -97,7 +97,7 @@ def test_engine_bench_runs_lite0_and_keeps_the_other_rows(renderers: Any, tmp_pa
     out.write_text(json.dumps(earlier))
     record = _run("engine.py", out, "--models", "efficientnet_lite0")
     lite = [case for case in record["cases"] if case["model"] == "efficientnet_lite0"]
-    assert [case["method"] for case in lite] == ["gradient", "integrated_gradients"]
+    assert [case["method"] for case in lite] == ["gradient", "integrated_gradients", "grad_cam"]
     (lite0,) = _bench_modules("lite0")
     for case in lite:
         assert case["weights"].startswith("pretrained") and "cat photograph" in case["input"]
@@ -124,6 +124,7 @@ def test_engine_bench_runs_lite0_and_keeps_the_other_rows(renderers: Any, tmp_pa
     ]
     table = _render(renderers, "engine", record, tmp_path)
     assert "| efficientnet_lite0 32² | gradient | fp32 |" in table
+    assert "| efficientnet_lite0 32² | grad_cam | fp32 |" in table
     assert table.count("| resnet") == 4
     assert f"Measured {kept[0]['machine']['date'][:10]}" in table  # the kept rows' own run
     assert f"measured {record['machine']['date'][:10]}" in table

@@ -549,8 +549,9 @@ class SmoothExplainClient:
         `options` are the wire options of the options table (`smoothexplain.protocol.options.
         OPTIONS`, listed in docs/api.md): method, nt_type, noise, nt_samples, stdevs, sigma,
         confidence, seed, n_steps, ig_rule, ig_sampling, noise_sampling, tolerance, precision,
-        return_convergence_delta, baseline, encoding. Enum options take the lower-case names
-        of the proto values ("integrated_gradients", "smoothgrad_sq", "float32_and_png", ...).
+        return_convergence_delta, baseline, layer, cam_resolution, encoding. Enum options take
+        the lower-case names of the proto values ("integrated_gradients", "smoothgrad_sq",
+        "float32_and_png", ...).
         `tolerance` stops sampling early (the samples used and the error estimate come back as
         `nt_samples` and `relative_error`). An unknown option is a TypeError and a bad value
         `InvalidArgument`, both before any network call. `target` defaults to the top-1 class;
