@@ -80,6 +80,7 @@ def cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
             found.append(Case(model, "integrated_gradients", 50, 5, 10, 224, "fp32"))
             found.append(Case(model, "grad_cam", 50, 1, 10, 224, "fp32"))
     found = [c for c in found if args.models is None or c.model in args.models]
+    found = [c for c in found if args.methods is None or c.method in args.methods]
     if args.smoke:  # the same code paths at toy sizes (ResNet-50 cases become duplicates)
         found = [
             replace(
@@ -310,6 +311,13 @@ def main() -> None:
         help="a subset of the models (default: all of the device's); its rows replace the same "
         "rows of an existing result file and the others are kept",
     )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=("gradient", "integrated_gradients", "grad_cam"),
+        default=None,
+        help="a subset of the methods (default all); merged into the result file like --models",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore", module="captum")
     device = resolve_device(args)
@@ -326,7 +334,8 @@ def main() -> None:
         "cases": [run_case(c, device, repeats, not args.smoke) for c in cases(args, device)],
     }
     path = output_path(args, "engine", device)
-    write(path, merge_into(path, record, CASE_KEY) if args.models else record)
+    subset = args.models or args.methods
+    write(path, merge_into(path, record, CASE_KEY) if subset else record)
 
 
 if __name__ == "__main__":

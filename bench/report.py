@@ -13,6 +13,7 @@ from typing import Any
 from efficiency_plots import precision_plot, sampling_plot
 from efficiency_tables import precision_table, sampling_table
 from ig_table import ig_sampling_table
+from levers_report import levers_plot, levers_table
 from plots import PLOTTERS
 from tables import RENDERERS
 
@@ -26,6 +27,7 @@ TABLES: dict[str, tuple[Callable[[Record], str], Callable[[Record, Path], None]]
     **{name: (RENDERERS[name], PLOTTERS[name]) for name in RENDERERS},
     "sampling": (sampling_table, sampling_plot),
     "precision": (precision_table, precision_plot),
+    "levers": (levers_table, levers_plot),
 }
 
 

@@ -263,3 +263,27 @@ def test_admission_bench_judges_the_pretrained_lite0(tmp_path: Path) -> None:
         assert run["rows_per_call"] == int(budget // run["row_mib"]) < run["rows"]
         assert run["calls"] == -(-run["rows"] // run["rows_per_call"])
     assert f"memory_budget_mb: {budget}" in out.with_suffix(".md").read_text()
+
+
+def test_levers_bench_measures_each_lever_against_the_floor(tmp_path: Path) -> None:
+    """`levers.py --smoke`: every lever but torch.compile (minutes of compile) on Lite0 at 32²,
+    each with its map change against the NCHW floor, rendered into its table."""
+    record = _run("levers.py", tmp_path / "levers.json", "--no-compile")
+    (case,) = record["cases"]
+    assert case["model"] == "efficientnet_lite0" and case["batchnorms_folded"] == 49
+    assert set(case["results"]) == {
+        "floor",
+        "channels_last",
+        "folded",
+        "folded_channels_last",
+        "folded_channels_last_implicit_bf16",
+    }
+    change = case["map_change"]
+    assert change["floor"] == 0.0
+    assert all(0 < change[k] < 1e-2 for k in ("channels_last", "folded", "folded_channels_last"))
+    assert change["folded_channels_last_implicit_bf16"] < 0.2  # bf16 rounding, still the map
+    (levers_report,) = _bench_modules("levers_report")
+    table = levers_report.levers_table(record)
+    assert "| efficientnet_lite0 32² | folded + channels_last (served) |" in table
+    levers_report.levers_plot(record, tmp_path / "levers.png")
+    assert (tmp_path / "levers.png").read_bytes().startswith(b"\x89PNG")

@@ -7,8 +7,10 @@ import base64
 import http.client
 import io
 import json
+import socket
 import stat
 import threading
+import time
 import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -22,6 +24,7 @@ from PIL import Image
 from smoothexplain.client.cli import build_parser
 from smoothexplain.explorer import ExplorerServer, ExplorerSettings, ModelFacts, describe
 from smoothexplain.explorer.guard import allowed_hosts, host_allowed, origin_allowed
+from smoothexplain.explorer.server import SOCKET_TIMEOUT, _Handler
 from smoothexplain.explorer.sessions import MAX_SESSIONS, SESSION_SECONDS, Sessions
 from smoothexplain.ops.serve import _explorer_host, _model_facts
 from smoothexplain.protocol.options import OPTIONS
@@ -353,6 +356,90 @@ def test_field_errors_name_their_field(explorer: ExplorerServer) -> None:
     over = {"model": "lite", "sample": "cat", "options": {"nt_samples": 501}}
     status, _, body = _post(explorer, cookie, over)
     assert status == 400 and json.loads(body)["error"]["field"] == "options.nt_samples"
+
+
+def _raw(server: ExplorerServer, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as it is, bytes and all, and read the answer up to the close."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as connection:
+        connection.sendall(request)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    pairs = (line.split(": ", 1) for line in lines[1:])
+    headers = {name.lower(): value for name, value in pairs}
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_every_method_passes_the_guard_and_only_get_and_post_are_answered(
+    explorer: ExplorerServer,
+) -> None:
+    for method in ("HEAD", "OPTIONS", "PUT", "DELETE", "PATCH", "BREW"):
+        here = f"{method} / HTTP/1.1\r\nHost: 127.0.0.1:{explorer.port}\r\n\r\n"
+        status, headers, _ = _raw(explorer, here.encode())
+        assert status == 405 and headers["allow"] == "GET, POST", method
+        assert "default-src 'none'" in headers["content-security-policy"]
+        foreign = f"{method} / HTTP/1.1\r\nHost: rebind.example\r\n\r\n".encode()
+        assert _raw(explorer, foreign)[0] == 403, method  # the Host check comes first
+    too_long = b"GET / HTTP/1.1\r\nX-Filler: " + b"a" * 70_000 + b"\r\n\r\n"
+    status, headers, body = _raw(explorer, too_long)  # refused by http.server itself
+    assert 400 <= status < 500 and json.loads(body)["error"]["http_status"] == status
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_two_host_headers_or_an_absolute_target_are_refused(explorer: ExplorerServer) -> None:
+    cookie = _login(explorer)["Cookie"]
+    mine = f"Host: 127.0.0.1:{explorer.port}\r\n"
+    twice = f"GET /api/models HTTP/1.1\r\n{mine}Host: rebind.example\r\nCookie: {cookie}\r\n\r\n"
+    status, _, body = _raw(explorer, twice.encode())
+    assert status == 400 and "one Host header" in json.loads(body)["error"]["message"]
+    for target in ("http://rebind.example/api/models", "https://127.0.0.1/api/models"):
+        absolute = f"GET {target} HTTP/1.1\r\n{mine}Cookie: {cookie}\r\n\r\n"
+        status, _, body = _raw(explorer, absolute.encode())
+        assert status == 400 and "a path" in json.loads(body)["error"]["message"], target
+    plain = f"GET /api/models HTTP/1.1\r\n{mine}Cookie: {cookie}\r\nConnection: close\r\n\r\n"
+    assert _raw(explorer, plain.encode())[0] == 200
+
+
+def test_deeply_nested_json_is_a_400_and_the_explorer_stays_up(explorer: ExplorerServer) -> None:
+    cookie = _login(explorer)
+    deep = "[" * 100_000 + "]" * 100_000
+    origin = {"Origin": f"http://127.0.0.1:{explorer.port}", "Content-Type": "application/json"}
+    connection = http.client.HTTPConnection("127.0.0.1", explorer.port, timeout=10)
+    here = {"Host": f"127.0.0.1:{explorer.port}", **cookie, **origin}
+    connection.request("POST", "/api/explain", body=deep.encode(), headers=here)
+    reply = connection.getresponse()
+    status, body = reply.status, json.loads(reply.read())
+    connection.close()
+    assert status == 400 and "nested too deeply" in body["error"]["message"]
+    assert _call(explorer, "GET", "/api/models", headers=cookie)[0] == 200
+
+
+def test_an_unexpected_failure_is_a_500_answer_not_a_dropped_connection(
+    explorer: ExplorerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cookie = _login(explorer)
+
+    def broken(*_: object) -> None:
+        raise KeyError("defect")
+
+    monkeypatch.setattr(explorer._upstream, "explain", broken)
+    status, _, body = _post(explorer, cookie, {"model": "lite", "sample": "cat"})
+    assert status == 500 and "KeyError" in json.loads(body)["error"]["message"]
+    assert _call(explorer, "GET", "/api/models", headers=cookie)[0] == 200
+
+
+def test_a_silent_client_is_dropped_after_the_socket_timeout(
+    explorer: ExplorerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_Handler, "timeout", 0.5)
+    with socket.create_connection(("127.0.0.1", explorer.port), timeout=10) as connection:
+        connection.sendall(b"GET / HTTP/1.1\r\nHost: 127.0")  # and then nothing
+        started = time.monotonic()
+        assert connection.recv(1024) == b""  # closed by the explorer, no answer
+        assert time.monotonic() - started < 5
+    assert SOCKET_TIMEOUT >= 10  # the shipped value gives a slow network its time
 
 
 def test_make_run_prints_the_login_link_and_the_tunnel(tmp_path: Path) -> None:

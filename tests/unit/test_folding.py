@@ -101,7 +101,7 @@ def test_folding_keeps_scores_gradients_and_guided_maps_to_rounding() -> None:
     [
         (Shared().eval(), "no BatchNorm follows a convolution it alone reads"),
         (Branchy().eval(), "torch.fx cannot trace it"),
-        (_net().train(), "the model is in training mode"),
+        (_net().train(), "its BatchNorms are in training mode"),
     ],
 )
 def test_what_cannot_be_folded_is_left_as_it_is_with_the_reason(
@@ -133,6 +133,12 @@ def test_serving_keeps_the_model_whose_folded_copy_scores_differently() -> None:
     config = parse_config({"model_class": "m:M", "preprocess": {"size": 8, "resize": 8}})
     served, said = prepare_model(model, config)
     assert served is model and said.startswith("BatchNorm2d not folded: the folded model's")
+
+
+def test_a_wrapper_left_in_training_mode_still_folds_its_eval_batchnorms() -> None:
+    """Only the BatchNorms' own mode counts (bench/engine.py's wrapper is never put in eval)."""
+    wrapper = nn.Sequential(_net())  # a fresh Sequential: training mode, its inner net eval
+    assert wrapper.training and fold_batchnorm(wrapper).count == 3
 
 
 def test_a_model_without_batchnorm_is_returned_as_it_is() -> None:

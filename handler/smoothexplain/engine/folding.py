@@ -40,11 +40,12 @@ class Folded:
 def fold_batchnorm(model: nn.Module) -> Folded:
     """`model` with each foldable BatchNorm2d folded into its convolution. `model` itself is
     never changed (the folded model is a traced deep copy)."""
-    batchnorms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    batchnorms = len(norms)
     if batchnorms == 0:
         return Folded(model, 0, "")
-    if model.training:
-        return Folded(model, 0, "the model is in training mode")
+    if all(norm.training for norm in norms):  # a wrapper's own mode does not matter
+        return Folded(model, 0, "its BatchNorms are in training mode")
     try:
         graph = fx.symbolic_trace(copy.deepcopy(model))
     except Exception as error:  # fx raises many kinds for untraceable Python

@@ -1,11 +1,13 @@
 """Memory layout of the model passes (issue 17): NCHW (`contiguous`) or NHWC (`channels_last`),
 fixed or measured per model and input shape (`auto`).
 
-channels_last runs oneDNN's NHWC convolutions on CPU. How much it saves depends on the CPU:
+channels_last runs oneDNN's NHWC convolutions. How much it saves depends on the CPU and model:
 fwd+bwd to the input took 0.74-0.86x the NCHW time on ResNet-18/50 and EfficientNet-Lite0 on an
-AVX2 machine (issue 17) and 0.90-0.93x on an AVX512 one (2026-12-04). It changes the gradients by
-kernel rounding (about 1e-4 to 4e-3 relative L2), far below a 50-sample map's Monte-Carlo
-spread. Both the weights and the rows take the layout (rows alone gain less).
+AVX2 machine (issue 17), 0.73-0.83x on ResNet-50 and Lite0 and 0.95x on ResNet-18 on an AVX512
+one (2026-12-04). It changes the gradients by kernel rounding (about 1e-4 to 4e-3 relative L2),
+far below a 50-sample map's Monte-Carlo spread. Both the weights and the rows take the layout
+(rows alone gain less), and the weights' exact strides are put back afterwards: `Module.to`
+leaves a 1x1 kernel's NHWC strides behind, and convolutions follow those strides.
 """
 
 from __future__ import annotations

@@ -8,15 +8,19 @@
     GET  /api/samples        the sample photographs; /api/samples/NAME their bytes
     POST /api/explain        one explanation, proxied to TorchServe with its key (proxy.py)
 
-Every request must name the explorer in its Host header (guard.py), else 403; without a live
-session it is 401; a POST must come from the page's own Origin (403) as JSON (415). No CORS
-headers are ever sent, and a strict Content-Security-Policy keeps the page to its own files.
-The request line is never logged: it may hold a login token.
+Every request must name the explorer in exactly one Host header (guard.py), else 403 (400
+for two), and its target must be a path (an absolute URL: 400); methods other than GET and
+POST are 405; without a live session it is 401; a POST must come from the page's own Origin
+(403) as JSON (415). Every answer, refusals included, carries the security headers; a client
+that sends nothing for SOCKET_TIMEOUT seconds is dropped. No CORS headers are ever sent, and a
+strict Content-Security-Policy keeps the page to its own files. The request line is never
+logged: it may hold a login token.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import socketserver
@@ -40,9 +44,15 @@ from .proxy import Upstream
 from .samples import SAMPLES, sample_bytes, sample_files
 from .sessions import COOKIE, Sessions, session_cookie
 
-__all__ = ["MAX_BODY_BYTES", "ExplorerServer", "ExplorerSettings"]
+__all__ = ["MAX_BODY_BYTES", "SOCKET_TIMEOUT", "ExplorerServer", "ExplorerSettings"]
+
+log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10 MB photo in base64, and the options
+# Seconds a connection may stay silent while the explorer reads from it (a slow-loris client
+# holds a thread only this long); an explanation being computed is not reading.
+SOCKET_TIMEOUT = 30.0
+_METHODS = ("GET", "POST")
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 _POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -93,15 +103,21 @@ class _Server6(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: the request line may carry a login token."""
 
-    def do_GET(self) -> None:
-        self.server.explorer.handle(self, "GET")
+    def __getattr__(self, name: str) -> Any:
+        """Every method (do_GET, do_HEAD, do_BREW...) goes through the same guard."""
+        if name.startswith("do_"):
+            return lambda: self.server.explorer.handle(self, name[3:])
+        raise AttributeError(name)
 
-    def do_POST(self) -> None:
-        self.server.explorer.handle(self, "POST")
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The base class's own refusals (a bad request line, headers too long) as JSON with
+        the security headers, not its HTML page."""
+        self.server.explorer.refuse(self, code, message or HTTPStatus(code).phrase)
 
 
 class ExplorerServer:
@@ -177,10 +193,31 @@ class ExplorerServer:
     # -- requests -----------------------------------------------------------------------------
 
     def handle(self, request: _Handler, method: str) -> None:
-        host = request.headers.get("Host")
+        try:
+            self._route(request, method)
+        except Exception as error:  # a defect: answered, logged without the request line
+            log.error("explorer: %s failed: %r", method, error, exc_info=True)
+            self._error(request, 500, f"the explorer failed: {type(error).__name__}")
+
+    def refuse(self, request: _Handler, status: int, message: str) -> None:
+        self._error(request, status, message)
+
+    def _route(self, request: _Handler, method: str) -> None:
+        hosts = request.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            self._error(request, 400, "a request must carry one Host header, not several")
+            return
+        host = hosts[0] if hosts else None
         if not host_allowed(host, self._allowed, self.scheme):
             names = ", ".join(sorted(self._allowed))
             self._error(request, 403, f"the Host header must name the explorer ({names})")
+            return
+        if not request.path.startswith("/") or request.path.startswith("//"):
+            self._error(request, 400, "the request target must be a path on the explorer")
+            return
+        if method not in _METHODS:
+            allow = {"Allow": ", ".join(_METHODS)}
+            self._error(request, 405, f"the explorer answers GET and POST, not {method}", "", allow)
             return
         parts = urlsplit(request.path)
         token = parse_qs(parts.query).get("token", [""])[0]
@@ -291,6 +328,12 @@ class ExplorerServer:
             return None
         try:
             body: object = json.loads(request.rfile.read(int(length)))
+        except RecursionError:
+            self._error(request, 400, "the body's JSON is nested too deeply")
+            return None
+        except OSError:  # the client went silent (SOCKET_TIMEOUT) or away mid-body
+            request.close_connection = True
+            return None
         except ValueError:
             self._error(request, 400, "the body is not JSON")
             return None
@@ -298,13 +341,27 @@ class ExplorerServer:
 
     # -- answers ------------------------------------------------------------------------------
 
-    def _error(self, request: _Handler, status: int, message: str, field: str = "") -> None:
+    def _error(
+        self,
+        request: _Handler,
+        status: int,
+        message: str,
+        field: str = "",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         request.close_connection = True  # a refused body may still be on the wire
         error = {"http_status": status, "grpc_code": grpc_code_of_http(status)}
-        self._json(request, status, {"error": {**error, "message": message, "field": field}})
+        body = {"error": {**error, "message": message, "field": field}}
+        self._json(request, status, body, headers)
 
-    def _json(self, request: _Handler, status: int, body: object) -> None:
-        self._send(request, status, "application/json", json.dumps(body).encode())
+    def _json(
+        self,
+        request: _Handler,
+        status: int,
+        body: object,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._send(request, status, "application/json", json.dumps(body).encode(), headers)
 
     def _send(
         self,

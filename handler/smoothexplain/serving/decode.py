@@ -60,14 +60,9 @@ def parse(incoming: Incoming, limits: Limits) -> pb.Request:
 
 
 def decode(
-    request: pb.Request,
-    config: ServingConfig,
-    device: torch.device,
-    bounds: Bounds,
-    layer: str | None = None,
+    request: pb.Request, config: ServingConfig, device: torch.device, bounds: Bounds
 ) -> Decoded:
-    """The request's input tensor, top_k and (for an explanation) spec, in that order;
-    `layer` is the model's default CAM layer, found at load."""
+    """The request's input tensor, top_k and (for an explanation) spec, in that order."""
     limits, pre = config.limits, config.preprocess
     source = request.input.WhichOneof("source")
     crop = None
@@ -85,7 +80,7 @@ def decode(
             f"top_k must be in [1, {limits.max_top_k}] (server limit max_top_k), got {top_k}",
             field="top_k",
         )
-    spec = spec_of(request.options, config, bounds, layer) if request.explain else None
+    spec = spec_of(request.options, config, bounds) if request.explain else None
     if spec is not None and (slow := slow_precision_reason(spec.precision, device)):
         raise InvalidArgument(f"options.{slow}", field="options.precision")
     return Decoded(request, inputs, top_k, crop, spec)
@@ -102,11 +97,9 @@ def seeded(decoded: Decoded, guided_refusal: str | None) -> Decoded:
     return replace(decoded, seed=seed_of(decoded.request.options))
 
 
-def spec_of(
-    options: pb.ExplainOptions, config: ServingConfig, bounds: Bounds, layer: str | None = None
-) -> ExplainSpec:
-    """The request's spec: its options (from the wire), else the model's defaults (the CAM
-    layer: the model-config's, else `layer`, the one found at load)."""
+def spec_of(options: pb.ExplainOptions, config: ServingConfig, bounds: Bounds) -> ExplainSpec:
+    """The request's spec: its options (from the wire), else the model's defaults (a CAM
+    layer left to neither stays None: the service fills in the one it found at load)."""
     asked, defaults = from_proto(options), config.defaults.values
     if asked["baseline"] is not None:
         finite_float32(float(asked["baseline"]), "options.baseline")  # type: ignore[arg-type]
@@ -114,7 +107,6 @@ def spec_of(
         o.name: defaults.get(o.name, o.default) if asked[o.name] is None else asked[o.name]
         for o in SPEC_OPTIONS
     }
-    values["layer"] = values["layer"] or layer
     try:
         spec = make_spec(**values, bounds=bounds, cam_reshape=config.cam_reshape)
     except InvalidArgument as error:

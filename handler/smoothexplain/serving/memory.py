@@ -36,6 +36,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 _UNLIMITED = 1 << 60  # cgroup v1 reports "no limit" as a number near 2**63
 # Share of the free memory the automatic budgets of a host's workers take together.
 AUTO_BUDGET_SHARE = 0.5
+CLEAR_REFS = Path("/proc/self/clear_refs")
+# What other threads may allocate between the reset and the check of it.
+_RESET_SLACK = 32 * 2**20
 
 
 def rss_bytes(pid: int | str = "self") -> int | None:
@@ -52,12 +55,15 @@ def total_rss_bytes(pids: Iterable[int]) -> int:
 
 
 def reset_peak_rss() -> bool:
-    """Reset this process's peak RSS (VmHWM); Linux ≥ 4.0 accepts "5" in clear_refs for that."""
+    """Reset this process's peak RSS (VmHWM); Linux >= 4.0 accepts "5" in clear_refs for that.
+    False when the reset did not take (a kernel or sandbox that accepts the write and ignores
+    it): the peak then stays within _RESET_SLACK of the RSS only where the reset worked."""
     try:
-        Path("/proc/self/clear_refs").write_text("5")
+        CLEAR_REFS.write_text("5")
     except OSError:
         return False
-    return True
+    peak, rss = peak_rss_bytes(), rss_bytes()
+    return peak is not None and rss is not None and peak <= rss + _RESET_SLACK
 
 
 def peak_rss_bytes() -> int | None:

@@ -112,6 +112,7 @@ class ServiceMetrics:
         # never clash. In multiprocess mode the values go to files whatever the registry.
         self.registry = registry if registry is not None else CollectorRegistry()
         self.model, self.device, self.failures = model, device, 0
+        self._host_peak_reset: bool | None = False  # whether this batch's VmHWM reset took
         r = self.registry
         self.requests = Counter(
             "smoothexplain_requests",
@@ -205,7 +206,12 @@ class ServiceMetrics:
 
     @_never_raises
     def batch_started(self) -> None:
-        memory.reset_peak_rss()
+        reset = memory.reset_peak_rss()
+        if not reset and self._host_peak_reset is not None:
+            log.warning("this kernel does not reset VmHWM: no memory=host batch peaks")
+            self._host_peak_reset = None  # warned once; never retried as a success
+        if self._host_peak_reset is not None:
+            self._host_peak_reset = reset
         memory.reset_cuda_peak(self.device)
 
     @_never_raises
@@ -240,8 +246,8 @@ class ServiceMetrics:
     @_never_raises
     def batch_finished(self, requests: int) -> None:
         self.batch_requests.labels(self.model).observe(requests)
-        peak = memory.peak_rss_bytes()
-        if peak is not None:
+        peak = memory.peak_rss_bytes() if self._host_peak_reset else None
+        if peak is not None:  # a peak since the process started is no batch's peak
             self.batch_peak_memory.labels(self.model, "host").observe(peak)
         cuda = memory.cuda_peak_bytes(self.device)
         if cuda is not None:

@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
@@ -136,13 +136,20 @@ class ExplainService:
             cam_model=self.cam_budget,
             layer_root=root,
         )
-        self.default_layer = self._default_layer()
+        self._default_layer: tuple[str | None] | None = None  # found on first use
         self.costs = CostModel()  # seconds per row-feature, for admission by cost
         self._reprobed: set[int] = set()  # input sizes probed again before a refusal
 
-    def _default_layer(self) -> str | None:
-        """The CAM layer a request that names none reads, found once at load on an input of
-        the served shape (None where no CAM applies: requests are then told why)."""
+    @property
+    def default_layer(self) -> str | None:
+        """The CAM layer a request that names none reads, found once by a forward on an input
+        of the served shape (the worker asks at load, after `probe_cost`); None where no CAM
+        applies (requests are then told why)."""
+        if self._default_layer is None:
+            self._default_layer = (self._find_default_layer(),)
+        return self._default_layer[0]
+
+    def _find_default_layer(self) -> str | None:
         cams = self.scheduler.cams
         if cams.refusal is not None:
             return None
@@ -291,16 +298,23 @@ class ExplainService:
     def _decode(self, work: _Work) -> None:
         started = time.perf_counter()
         work.request = parse(work.incoming, self.config.limits)
-        work.decoded = decode(
-            work.request, self.config, self.device, self.bounds, self.default_layer
-        )
+        work.decoded = decode(work.request, self.config, self.device, self.bounds)
         work.decoded = seeded(work.decoded, self.guided_refusal)
-        if work.decoded.spec is not None and work.decoded.spec.cam:  # its layer, before a pass
-            self.scheduler.cams.resolve(work.decoded.spec, work.decoded.inputs, "options.")
+        if work.decoded.spec is not None and work.decoded.spec.cam:
+            work.decoded = self._with_layer(work.decoded, work.decoded.spec)
         if work.decoded.crop is not None:
             work.response.crop.resize, work.response.crop.size = work.decoded.crop
         work.response.model = self.model_name
         work.response.timings.decode_ms = 1000 * (time.perf_counter() - started)
+
+    def _with_layer(self, decoded: Decoded, spec: ExplainSpec) -> Decoded:
+        """A CAM request with its layer: asked, the model-config's or the one found at load
+        (echoed in the answer), refused before any pass when unusable (options.layer)."""
+        if spec.layer is None:
+            decoded = replace(decoded, spec=replace(spec, layer=self.default_layer))
+        assert decoded.spec is not None
+        self.scheduler.cams.resolve(decoded.spec, decoded.inputs, "options.")
+        return decoded
 
     def _predict(self, tasks: list[_Task]) -> None:
         groups: dict[tuple[int, ...], list[_Task]] = {}

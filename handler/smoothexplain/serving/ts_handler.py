@@ -138,6 +138,7 @@ class SmoothExplainHandler:
             served.model, config, labels, device, name, metrics, timeout, served.layers
         )
         self.service.probe_cost()  # admission by cost judges the first requests too
+        _ = self.service.default_layer  # CAMs: found now (and logged), not in a request
         log.info(
             "smoothexplain model %s ready on %s (torch threads %d, inter-op %d, %s)",
             name,
