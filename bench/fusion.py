@@ -1,6 +1,8 @@
 """Cross-request fusion: k concurrent explain jobs (nt_samples 8 each) through one
 `Scheduler.run`, whose passes pack rows of several jobs, against the same jobs one
-`Scheduler.run` at a time. ResNet-18 (random weights, 224²), passes of up to 32 rows.
+`Scheduler.run` at a time. ResNet-18 (random weights, 224²), passes of up to 32 rows, run as
+the server runs it by default (`--layout served`: BatchNorm folded at load, channels_last;
+`--layout contiguous`: the model as built, NCHW, where fused answers are bit-identical).
 
 Each twice: with the default scheduler (every pass one model call) and with `tune_pass_rows`
 (model calls of the size measured fastest per row; long-lived and warmed up, as in a serving
@@ -26,7 +28,7 @@ from common import (
     write,
 )
 
-from smoothexplain.engine import ExplainJob, Scheduler
+from smoothexplain import ExplainJob, Scheduler, fold_batchnorm
 from smoothexplain.engine.pass_tuning import TRIALS
 from smoothexplain.engine.spec import make_spec
 from smoothexplain.serving.allocator import keep_freed_memory
@@ -57,14 +59,22 @@ def _warm(scheduler: Scheduler, work: list[ExplainJob], alone: bool) -> Schedule
     return scheduler
 
 
+LAYOUTS = ("served", "contiguous")
+
+
+def scheduler(model: torch.nn.Module, chunk: int, layout: str, tune: bool = False) -> Scheduler:
+    memory_format = "channels_last" if layout == "served" else "contiguous"
+    return Scheduler(model, chunk, tune_pass_rows=tune, memory_format=memory_format)
+
+
 def contenders(
-    model: torch.nn.Module, work: list[ExplainJob], chunk: int
+    model: torch.nn.Module, work: list[ExplainJob], chunk: int, layout: str
 ) -> tuple[dict[str, Callable[[], object]], dict[str, Scheduler]]:
     """One request at a time and all k fused, each with the default scheduler (every pass one
     model call of up to `chunk` rows) and with `tune_pass_rows` (warm, long-lived)."""
-    plain = Scheduler(model, chunk)
-    lone = _warm(Scheduler(model, chunk, tune_pass_rows=True), work, alone=True)
-    together = _warm(Scheduler(model, chunk, tune_pass_rows=True), work, alone=False)
+    plain = scheduler(model, chunk, layout)
+    lone = _warm(scheduler(model, chunk, layout, tune=True), work, alone=True)
+    together = _warm(scheduler(model, chunk, layout, tune=True), work, alone=False)
     runs: dict[str, Callable[[], object]] = {
         "one_at_a_time": lambda: [plain.run([job])[0] for job in work],
         "fused": lambda: plain.run(work),
@@ -74,11 +84,12 @@ def contenders(
     return runs, {"one_at_a_time_tuned": lone, "fused_tuned": together}
 
 
-def check_same(model: torch.nn.Module, work: list[ExplainJob], chunk: int) -> float:
-    """Largest difference between fused and lone answers: fusion must not change results."""
-    alone = [Scheduler(model, chunk).run([job])[0] for job in work]
-    fused = Scheduler(model, chunk).run(work)
-    tuned = Scheduler(model, chunk, tune_pass_rows=True).run(work)  # calls of several sizes
+def check_same(model: torch.nn.Module, work: list[ExplainJob], chunk: int, layout: str) -> float:
+    """Largest difference between fused and lone answers: 0 for contiguous; channels_last
+    kernels may round differently with the call's row count."""
+    alone = [scheduler(model, chunk, layout).run([job])[0] for job in work]
+    fused = scheduler(model, chunk, layout).run(work)
+    tuned = scheduler(model, chunk, layout, tune=True).run(work)  # calls of several sizes
     return max(
         float((a.attribution - b.attribution).abs().max())
         for answers in (fused, tuned)
@@ -94,6 +105,9 @@ def main() -> None:
     parser.add_argument("--nt-samples", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32, help="nt_samples_batch_size (rows)")
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument(
+        "--layout", choices=LAYOUTS, default="served", help="what the server runs, or NCHW"
+    )
     args = parser.parse_args()
     device = resolve_device(args)
     keep_freed_memory()  # as a serving worker runs (model config default)
@@ -101,12 +115,14 @@ def main() -> None:
     if args.smoke:
         size, nt, chunk, ks, repeats = 32, 2, 4, [1, 4], 1
     model = random_model(args.model, device)
+    folded = fold_batchnorm(model) if args.layout == "served" else None
+    model = folded.model if folded is not None else model
     started_on = machine(device)
     results = []
     for k in ks:
         work = jobs(k, nt, size, device)
         cpu: dict[str, list[float]] = {}
-        runs, schedulers = contenders(model, work, chunk)
+        runs, schedulers = contenders(model, work, chunk, args.layout)
         times = interleaved(runs, repeats, 1, device, cpu)
         summary = summarise(times, "one_at_a_time", cpu if device.type == "cpu" else None)
         ratio = {name: float(row["ratio_to_floor"]) for name, row in summary.items()}  # type: ignore[arg-type]
@@ -116,7 +132,7 @@ def main() -> None:
             {
                 "k": k,
                 "rows": k * nt,
-                "max_abs_difference": check_same(model, work, chunk),
+                "max_abs_difference": check_same(model, work, chunk, args.layout),
                 "requests_per_s": {
                     name: k / float(row["median_s"])  # type: ignore[arg-type]
                     for name, row in summary.items()
@@ -147,6 +163,8 @@ def main() -> None:
             "stdevs": 0.15,
             "repeats": repeats,
             "smoke": args.smoke,
+            "layout": args.layout,
+            "batchnorms_folded": folded.count if folded is not None else 0,
         },
         "cases": results,
     }

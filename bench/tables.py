@@ -154,12 +154,20 @@ def _l2(case: dict[str, Any], key: str) -> str:
     return "—" if value is None else f"{value:.1e}"
 
 
+def _fusion_layout(settings: dict[str, Any]) -> str:
+    if settings.get("layout") == "served":
+        folded = settings.get("batchnorms_folded", 0)
+        return f"run as served ({folded} BatchNorms folded at load, channels_last)"
+    return "the model as built (NCHW)"
+
+
 def fusion_table(record: dict[str, Any]) -> str:
     s = record["settings"]
     lines = [
         f"{measured_on(record)}. {s['model']}, input {s['input']}, nt_samples {s['nt_samples']} "
         f"per request, nt_samples_batch_size {s['nt_samples_batch_size']} rows, median of "
-        f"{s['repeats']} interleaved rounds. *Default*: every pass one model call; *tuned*: "
+        f"{s['repeats']} interleaved rounds, {_fusion_layout(s)}. *Default*: every pass one "
+        "model call; *tuned*: "
         "`tune_pass_rows` on, long-lived and warm (the call sizes it chose in brackets).",
         "",
         "| k | rows | default: one at a time, req/s | default: fused, req/s "

@@ -153,6 +153,7 @@ PHOTO_COLUMNS: tuple[tuple[str, str], ...] = (
     ("AdaptGrad", "grad/ag"),
     ("guided backprop", "gbp/plain"),
     ("IG (black)", "ig_b/plain"),
+    ("Smooth Grad-CAM++", "gcampp/sg"),
 )
 
 

@@ -47,6 +47,9 @@ BASES: Final[dict[str, Base]] = {
     "ig_b": Base("IG(B)", "integrated_gradients", "black"),
     "ig_w": Base("IG(W)", "integrated_gradients", "white"),
     "gbp": Base("GBP", "guided_backprop"),
+    # Class-activation maps at the network's default layer, upsampled to the input (issue 16).
+    "gcam": Base("Grad-CAM", "grad_cam"),
+    "gcampp": Base("Grad-CAM++", "grad_cam_plus_plus"),
 }
 
 SMOOTHINGS: Final[dict[str, Smoothing]] = {

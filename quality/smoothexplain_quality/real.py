@@ -41,9 +41,11 @@ __all__ = [
 
 REAL_GRID = cells(["grad", "ixg", "ig_b", "ig_w", "gbp"], ["plain", "sg", "ag"])
 REAL_GRID += cells(["grad"], ["sg_sq", "vg", "ag_sq", "avg"])
+# The CAMs beside the gradient maps (deletion / insertion; Smooth Grad-CAM++ = gcampp/sg).
+REAL_GRID += cells(["gcam", "gcampp"], ["plain", "sg", "ag"])
 # Our adaptive forms of SmoothGrad² and VarGrad are not in the paper: measured at our defaults only.
 OURS_ONLY = ("ag_sq", "avg")
-FIGURE_KEYS = ("grad/plain", "grad/sg", "grad/ag", "gbp/plain", "ig_b/plain")
+FIGURE_KEYS = ("grad/plain", "grad/sg", "grad/ag", "gbp/plain", "ig_b/plain", "gcampp/sg")
 Log = Callable[[str], None]
 
 # 25 rows per pass keep Lite2's 260² activations (forward + backward) to a few GB.

@@ -28,6 +28,7 @@ Results = Mapping[str, Any]
 PART_2 = "# Part 2: pretrained networks on photographs"
 KEYS = [f"{b}/{s}" for b in MAIN_BASES for s in ("plain", "sg", "ag")]
 KEYS += [f"grad/{s}" for s in ("sg_sq", "vg", "ag_sq", "avg")]
+KEYS += [f"{b}/{s}" for b in ("gcam", "gcampp") for s in ("plain", "sg", "ag")]
 
 
 def _label(key: str) -> str:
