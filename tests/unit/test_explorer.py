@@ -23,8 +23,9 @@ from PIL import Image
 
 from smoothexplain.client.cli import build_parser
 from smoothexplain.explorer import ExplorerServer, ExplorerSettings, ModelFacts, describe
+from smoothexplain.explorer import server as server_module
 from smoothexplain.explorer.guard import allowed_hosts, host_allowed, origin_allowed
-from smoothexplain.explorer.server import SOCKET_TIMEOUT, _Handler
+from smoothexplain.explorer.server import MAX_CONNECTIONS, SOCKET_TIMEOUT, _Handler
 from smoothexplain.explorer.sessions import MAX_SESSIONS, SESSION_SECONDS, Sessions
 from smoothexplain.ops.serve import _explorer_host, _model_facts
 from smoothexplain.protocol.options import OPTIONS
@@ -440,6 +441,120 @@ def test_a_silent_client_is_dropped_after_the_socket_timeout(
         assert connection.recv(1024) == b""  # closed by the explorer, no answer
         assert time.monotonic() - started < 5
     assert SOCKET_TIMEOUT >= 10  # the shipped value gives a slow network its time
+
+
+def _posted(server: ExplorerServer, cookie: dict[str, str], head: str, body: bytes) -> Any:
+    """A raw POST /api/explain from the page, with `head` as extra header lines."""
+    origin = f"Origin: http://127.0.0.1:{server.port}\r\nContent-Type: application/json\r\n"
+    here = f"Host: 127.0.0.1:{server.port}\r\nCookie: {cookie['Cookie']}\r\n{origin}"
+    request = f"POST /api/explain HTTP/1.1\r\n{here}{head}Connection: close\r\n\r\n"
+    return _raw(server, request.encode("latin-1") + body)
+
+
+def test_bodies_are_framed_by_one_ascii_content_length_that_all_arrives(
+    explorer: ExplorerServer,
+) -> None:
+    cookie = _login(explorer)
+    good = json.dumps({"model": "lite", "sample": "cat"}).encode()
+    for head, body, status in (
+        ("Content-Length: 4\r\n", b"null", 400),  # JSON null is a body, and no object
+        ("Content-Length: \xb2\r\n", b"{}", 400),  # '²' passes str.isdigit()
+        (f"Content-Length: {len(good)}\r\nContent-Length: 5\r\n", good, 400),
+        (f"Transfer-Encoding: chunked\r\nContent-Length: {len(good)}\r\n", good, 501),
+        ("", good, 411),
+    ):
+        got, headers, answer = _posted(explorer, cookie, head, body)
+        assert got == status and json.loads(answer)["error"]["http_status"] == status, head
+        assert "default-src 'none'" in headers["content-security-policy"]
+    with socket.create_connection(("127.0.0.1", explorer.port), timeout=10) as connection:
+        origin = f"Origin: http://127.0.0.1:{explorer.port}\r\nContent-Type: application/json"
+        head = f"Host: 127.0.0.1:{explorer.port}\r\nCookie: {cookie['Cookie']}\r\n{origin}"
+        connection.sendall(
+            f"POST /api/explain HTTP/1.1\r\n{head}\r\nContent-Length: 100\r\n\r\n".encode() + good
+        )
+        connection.shutdown(socket.SHUT_WR)  # 31 of 100 bytes, then the end
+        answer = connection.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 400") and b"ended after" in answer
+
+
+def test_numbers_as_strings_are_ascii_decimals_or_a_400_naming_the_option(
+    explorer: ExplorerServer,
+) -> None:
+    cookie = _login(explorer)
+    for name, value in (("seed", "\u00b2"), ("nt_samples", "9" * 5000), ("n_steps", "\uff11")):
+        body = {"model": "lite", "sample": "cat", "options": {name: value}}
+        status, _, answer = _post(explorer, cookie, body)
+        assert status == 400 and json.loads(answer)["error"]["field"] == f"options.{name}", name
+
+
+def test_odd_static_names_and_request_lines_are_refused_with_the_headers(
+    explorer: ExplorerServer,
+) -> None:
+    cookie = _login(explorer)
+    assert _call(explorer, "GET", "/static/" + "a" * 300 + ".js", headers=cookie)[0] == 404
+    here = f"Host: 127.0.0.1:{explorer.port}\r\nCookie: {cookie['Cookie']}\r\n\r\n"
+    for line, status in (
+        ("GET / HTTP/2.0", 505),
+        ("GET / HTTP/1.1.1", 400),
+        ("GET /api/models", 400),
+    ):
+        got, headers, _ = _raw(explorer, f"{line}\r\n{here}".encode())
+        assert got == status and headers["x-content-type-options"] == "nosniff", line
+
+
+def test_a_body_on_a_get_is_never_read_as_the_next_request(explorer: ExplorerServer) -> None:
+    cookie = _login(explorer)["Cookie"]
+    host = f"Host: 127.0.0.1:{explorer.port}\r\nCookie: {cookie}\r\n"
+    smuggled = f"GET /api/samples HTTP/1.1\r\n{host}\r\n"
+    request = f"GET /api/models HTTP/1.1\r\n{host}Content-Length: {len(smuggled)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", explorer.port), timeout=10) as connection:
+        connection.sendall((request + smuggled).encode())
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    assert received.count(b"HTTP/1.1 ") == 1 and b'"models"' in received
+
+
+def test_a_client_that_drips_its_request_is_cut_at_the_read_deadline(
+    explorer: ExplorerServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "READ_SECONDS", 1.0)
+    with socket.create_connection(("127.0.0.1", explorer.port), timeout=10) as connection:
+        connection.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{explorer.port}\r\n".encode())
+        started = time.monotonic()
+        closed = False
+        while time.monotonic() - started < 8 and not closed:
+            time.sleep(0.2)  # a header line well inside SOCKET_TIMEOUT, again and again
+            try:
+                connection.sendall(b"X-Drip: 1\r\n")
+                connection.settimeout(0.01)
+                closed = connection.recv(1024) == b""
+            except TimeoutError:
+                pass
+            except OSError:
+                closed = True
+            connection.settimeout(10)
+    assert closed and time.monotonic() - started < 5
+
+
+def test_connections_beyond_the_limit_are_closed_and_the_explorer_recovers(
+    explorer: ExplorerServer,
+) -> None:
+    cookie = _login(explorer)
+    idle = [
+        socket.create_connection(("127.0.0.1", explorer.port), timeout=10)
+        for _ in range(MAX_CONNECTIONS)
+    ]
+    try:
+        time.sleep(0.5)  # every idle one has its thread
+        with socket.create_connection(("127.0.0.1", explorer.port), timeout=10) as extra:
+            extra.sendall(f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{explorer.port}\r\n\r\n".encode())
+            assert extra.recv(1024) == b""  # closed unanswered: nothing more is held
+    finally:
+        for connection in idle:
+            connection.close()
+    time.sleep(0.5)
+    assert _call(explorer, "GET", "/api/models", headers=cookie)[0] == 200
 
 
 def test_make_run_prints_the_login_link_and_the_tunnel(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import ssl
 import time
 import urllib.error
@@ -56,9 +57,13 @@ def error_answer(error: BaseException) -> Answer:
     return status.http, {"error": {**body, "field": field}}
 
 
+_DECIMAL = re.compile(r"[0-9]{1,20}")  # ASCII digits only; a uint64 has at most 20
+
+
 def _number(name: str, value: object) -> object:
-    """Seeds travel as decimal strings (a browser's numbers hold only 53 bits)."""
-    if option(name).kind is int and isinstance(value, str) and value.isdigit():
+    """Seeds travel as decimal strings (a browser's numbers hold only 53 bits); any other
+    string is left for the option's check to refuse, naming it."""
+    if option(name).kind is int and isinstance(value, str) and _DECIMAL.fullmatch(value):
         return int(value)
     return value
 

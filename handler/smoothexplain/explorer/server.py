@@ -11,20 +11,26 @@
 Every request must name the explorer in exactly one Host header (guard.py), else 403 (400
 for two), and its target must be a path (an absolute URL: 400); methods other than GET and
 POST are 405; without a live session it is 401; a POST must come from the page's own Origin
-(403) as JSON (415). Every answer, refusals included, carries the security headers; a client
-that sends nothing for SOCKET_TIMEOUT seconds is dropped. No CORS headers are ever sent, and a
-strict Content-Security-Policy keeps the page to its own files. The request line is never
-logged: it may hold a login token.
+(403) as JSON (415) with one ASCII Content-Length (411, 400; no Transfer-Encoding: 501) whose
+bytes all arrive (400). Every answer, refusals included, carries the security headers; HTTP/0.9
+is refused. A connection is dropped when it sends nothing for SOCKET_TIMEOUT seconds or has not
+sent a whole request READ_SECONDS after it began one (slow clients), and at most
+MAX_CONNECTIONS are served at once (the rest are closed at once). No CORS headers are ever
+sent, and a strict Content-Security-Policy keeps the page to its own files. The request line is
+never logged: it may hold a login token.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import socketserver
 import ssl
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -44,7 +50,14 @@ from .proxy import Upstream
 from .samples import SAMPLES, sample_bytes, sample_files
 from .sessions import COOKIE, Sessions, session_cookie
 
-__all__ = ["MAX_BODY_BYTES", "SOCKET_TIMEOUT", "ExplorerServer", "ExplorerSettings"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_CONNECTIONS",
+    "READ_SECONDS",
+    "SOCKET_TIMEOUT",
+    "ExplorerServer",
+    "ExplorerSettings",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +65,14 @@ MAX_BODY_BYTES = 16 * 1024 * 1024  # a 10 MB photo in base64, and the options
 # Seconds a connection may stay silent while the explorer reads from it (a slow-loris client
 # holds a thread only this long); an explanation being computed is not reading.
 SOCKET_TIMEOUT = 30.0
+# Seconds from the start of a request (or of the wait for the next one on a kept-alive
+# connection) until its headers and body must all have arrived: a client that drips bytes
+# under SOCKET_TIMEOUT is cut here. Generous: a 16 MB body at 1 Mbit/s takes about 130 s.
+READ_SECONDS = 300.0
+MAX_CONNECTIONS = 64  # served at once; each holds a thread
 _METHODS = ("GET", "POST")
+_LENGTH = re.compile(r"[0-9]{1,9}")  # ASCII digits: str.isdigit() also takes '²'
+_NO_BODY = object()  # _body's "refused, already answered" (JSON null is a body)
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
 _POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
@@ -78,10 +98,10 @@ class ExplorerSettings:
 
 def _static(name: str) -> bytes | None:
     folder = resources.files(__package__ or "smoothexplain.explorer") / "static"
+    if "/" in name or name.startswith(".") or name not in {e.name for e in folder.iterdir()}:
+        return None  # only the names the folder holds: no path is ever built from a request
     entry = folder / name
-    if "/" in name or name.startswith(".") or not entry.is_file():
-        return None
-    return entry.read_bytes()
+    return entry.read_bytes() if entry.is_file() else None
 
 
 def _page(title: str, text: str) -> bytes:
@@ -93,7 +113,33 @@ def _page(title: str, text: str) -> bytes:
 
 class _Server(socketserver.ThreadingMixIn, HTTPServer):
     daemon_threads = True  # a slow explanation must not hold up shutdown
+    request_queue_size = MAX_CONNECTIONS  # the listen backlog (the base class's is 5)
     explorer: ExplorerServer
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):  # full: closed at once, nothing held
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line, not socketserver's traceback on stderr (a reset, plain HTTP to TLS)."""
+        error = sys.exc_info()[1]
+        log.info("explorer: a connection ended early: %r", error)
 
 
 class _Server6(_Server):
@@ -117,7 +163,43 @@ class _Handler(BaseHTTPRequestHandler):
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The base class's own refusals (a bad request line, headers too long) as JSON with
         the security headers, not its HTML page."""
+        if self.request_version == "HTTP/0.9":  # it writes no status line or headers for 0.9
+            self.request_version = "HTTP/1.1"
         self.server.explorer.refuse(self, code, message or HTTPStatus(code).phrase)
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            self.send_error(400, "HTTP/0.9 is not served: send HTTP/1.0 or HTTP/1.1")
+            return False
+        return True
+
+    def handle_expect_100(self) -> bool:
+        """No "100 Continue" before the checks: the body comes when the client stops waiting."""
+        return True
+
+    def handle_one_request(self) -> None:
+        self._deadline = threading.Timer(READ_SECONDS, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+        try:
+            super().handle_one_request()
+        finally:
+            self._deadline.cancel()
+
+    def request_read(self) -> None:
+        """The whole request is in: what comes next (an explanation) has no read deadline."""
+        self._deadline.cancel()
+
+    def _cut(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):  # already closed
+            self.connection.shutdown(socket.SHUT_RDWR)  # the blocked read returns
+
+
+def _chunked(request: _Handler) -> bool:
+    return "Transfer-Encoding" in request.headers
 
 
 class ExplorerServer:
@@ -208,6 +290,8 @@ class ExplorerServer:
             self._error(request, 400, "a request must carry one Host header, not several")
             return
         host = hosts[0] if hosts else None
+        if method != "POST" and ("Content-Length" in request.headers or _chunked(request)):
+            request.close_connection = True  # a body nobody reads is no next request
         if not host_allowed(host, self._allowed, self.scheme):
             names = ", ".join(sorted(self._allowed))
             self._error(request, 403, f"the Host header must name the explorer ({names})")
@@ -221,6 +305,8 @@ class ExplorerServer:
             return
         parts = urlsplit(request.path)
         token = parse_qs(parts.query).get("token", [""])[0]
+        if method == "GET":
+            request.request_read()
         if method == "GET" and parts.path == "/" and token:
             self._login(request, token)
             return
@@ -316,27 +402,44 @@ class ExplorerServer:
             self._error(request, 415, "send the explanation request as application/json")
             return
         body = self._body(request)
-        if body is None:
+        if body is _NO_BODY:
             return
+        request.request_read()
         status, answer = self._upstream.explain(body, self.settings.models, self.settings.samples)
         self._json(request, status, answer)
 
-    def _body(self, request: _Handler) -> object | None:
-        length = request.headers.get("Content-Length", "")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+    def _body(self, request: _Handler) -> object:
+        """The JSON body, or _NO_BODY once a refusal has been sent."""
+        lengths = request.headers.get_all("Content-Length") or []
+        if _chunked(request):
+            self._error(request, 501, "send the body with a Content-Length, not Transfer-Encoding")
+            return _NO_BODY
+        if not lengths:
+            self._error(request, 411, "the body needs a Content-Length")
+            return _NO_BODY
+        if len(lengths) > 1 or not _LENGTH.fullmatch(lengths[0].strip()):
+            self._error(request, 400, "the request must carry one decimal Content-Length")
+            return _NO_BODY
+        length = int(lengths[0])
+        if length > MAX_BODY_BYTES:
             self._error(request, 413, f"the body must have a Content-Length <= {MAX_BODY_BYTES}")
-            return None
+            return _NO_BODY
         try:
-            body: object = json.loads(request.rfile.read(int(length)))
+            data = request.rfile.read(length)
+        except OSError:  # the client went silent (SOCKET_TIMEOUT), away, or was cut
+            request.close_connection = True
+            return _NO_BODY
+        if len(data) != length:
+            self._error(request, 400, f"the body ended after {len(data)} of {length} bytes")
+            return _NO_BODY
+        try:
+            body: object = json.loads(data)
         except RecursionError:
             self._error(request, 400, "the body's JSON is nested too deeply")
-            return None
-        except OSError:  # the client went silent (SOCKET_TIMEOUT) or away mid-body
-            request.close_connection = True
-            return None
+            return _NO_BODY
         except ValueError:
             self._error(request, 400, "the body is not JSON")
-            return None
+            return _NO_BODY
         return body
 
     # -- answers ------------------------------------------------------------------------------
