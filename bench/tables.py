@@ -114,6 +114,11 @@ def _ratio(row: dict[str, Any], floor: dict[str, Any]) -> str:
     return f"{row['ratio_to_floor']:.3f}{spread}{cpu}"
 
 
+def _missing(record: dict[str, Any]) -> str:
+    lacks = record["settings"].get("missing") or []
+    return f" Not measured, the machine lacking it: {'; '.join(lacks)}." if lacks else ""
+
+
 def engine_table(record: dict[str, Any]) -> str:
     cases = record["cases"]
     when = runs_measured(
@@ -128,7 +133,8 @@ def engine_table(record: dict[str, Any]) -> str:
         "forward + backward; *channels_last* and *auto* are the engine with `memory_format` "
         "(auto: one long-lived scheduler, as a server runs it); *served* is what the server "
         "runs by default: BatchNorm folded into the convolutions at load, channels_last. "
-        "The map changes are relative L2 against the NCHW map (same rows and seed).",
+        "The map changes are relative L2 against the NCHW map (same rows and seed)."
+        + _missing(record),
         "",
         "| model | method | variant | samples × steps (rows per pass) | floor s "
         + "".join(f"| {label} × floor " for label in ENGINE_LABELS.values())

@@ -287,3 +287,49 @@ def test_levers_bench_measures_each_lever_against_the_floor(tmp_path: Path) -> N
     assert "| efficientnet_lite0 32² | folded + channels_last (served) |" in table
     levers_report.levers_plot(record, tmp_path / "levers.png")
     assert (tmp_path / "levers.png").read_bytes().startswith(b"\x89PNG")
+
+
+_BLOCKER = '''
+import sys
+from importlib.abc import MetaPathFinder
+
+
+class _Absent(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"captum", "efficientnet_lite_pytorch"}:
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+
+sys.meta_path.insert(0, _Absent())
+'''
+
+
+def test_the_gpu_script_runs_with_what_a_machine_has(tmp_path: Path) -> None:
+    """bench/gpu_selfcontained.sh on a Python without Captum or the Lite packages (as on a CUDA
+    machine with its own torch and no registry): no install, the rows it can run, and what it
+    lacked recorded. SMOKE=1: toy sizes, on this CPU."""
+    absent = tmp_path / "absent"
+    absent.mkdir()
+    (absent / "sitecustomize.py").write_text(_BLOCKER)
+    out = tmp_path / "out"
+    environment = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    environment |= {"SMOKE": "1", "PYTHONPATH": str(absent), "PYTHON": sys.executable}
+    subprocess.run(
+        ["bash", str(BENCH / "gpu_selfcontained.sh"), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=900,
+        env=environment,
+    )
+    engine = json.loads((out / "engine-cuda.json").read_text())
+    lacks = " ".join(engine["settings"]["missing"])
+    assert "captum" in lacks and "efficientnet_lite_pytorch" in lacks
+    assert {case["model"] for case in engine["cases"]} == {"resnet18"}  # smoke: ResNets only
+    variants = {case["variant"] for case in engine["cases"]}
+    assert variants == {"tf32", "tf32+channels_last", "bf16+channels_last"}
+    assert all("captum_noise_tunnel" not in case["results"] for case in engine["cases"])
+    fusion = json.loads((out / "fusion-cuda.json").read_text())
+    assert fusion["settings"]["layout"] == "served" and fusion["cases"]
+    (table,) = _bench_modules("tables")
+    assert "Not measured, the machine lacking it: captum" in table.engine_table(engine)
