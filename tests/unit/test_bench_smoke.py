@@ -289,7 +289,7 @@ def test_levers_bench_measures_each_lever_against_the_floor(tmp_path: Path) -> N
     assert (tmp_path / "levers.png").read_bytes().startswith(b"\x89PNG")
 
 
-_BLOCKER = '''
+_BLOCKER = """
 import sys
 from importlib.abc import MetaPathFinder
 
@@ -302,7 +302,7 @@ class _Absent(MetaPathFinder):
 
 
 sys.meta_path.insert(0, _Absent())
-'''
+"""
 
 
 def test_the_gpu_script_runs_with_what_a_machine_has(tmp_path: Path) -> None:
