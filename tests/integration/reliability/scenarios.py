@@ -294,7 +294,10 @@ def costly_batch(kit: FaultKit) -> CostlyResult:
     a small one sent together: the small one and what fits are computed, the rest get 503 at
     once without a chunk computed for them."""
     log = kit.logs / "capped.calls"
-    kit.grpc("capped", explain_request(nt_samples=16, seed=4))  # teaches the worker its rate
+    # Teaches the worker its rate on a request as large as the big ones: a request's fixed
+    # overhead is then spread over as many rows as theirs (a 16-sample lesson under load made
+    # one big request look dearer than the 3 s limit).
+    kit.grpc("capped", explain_request(nt_samples=64, seed=4))
     status, body = kit.rest("capped", explain_request(nt_samples=480))
     error = body.get("error", {})
     too_dear = (status, str(error.get("field", "")), str(error.get("message", "")))
