@@ -312,9 +312,12 @@ def _layout_change(case: Case, model: nn.Module, x: torch.Tensor, target: int) -
     chooser = Scheduler(model, case.batch, memory_format="auto")
     chosen = chooser.choose_layout(x[0])
     model.to(memory_format=torch.contiguous_format)
+    zero = not bool(nchw.any())  # e.g. a Grad-CAM whose ReLU leaves nothing (random weights)
     return {
-        "channels_last_rel_l2": float((nhwc - nchw).norm() / nchw.norm()),
-        "served_rel_l2": float((served - nchw).norm() / nchw.norm()),
+        "channels_last_rel_l2": None if zero else float((nhwc - nchw).norm() / nchw.norm()),
+        "served_rel_l2": None if zero else float((served - nchw).norm() / nchw.norm()),
+        "map_all_zero": zero,
+        "max_abs_change": float(max((nhwc - nchw).abs().max(), (served - nchw).abs().max())),
         "batchnorms_folded": folded.count,
         "auto_chose": chosen.value,
     }

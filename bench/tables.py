@@ -157,7 +157,9 @@ def engine_table(record: dict[str, Any]) -> str:
 
 def _l2(case: dict[str, Any], key: str) -> str:
     value = case.get(key)
-    return "—" if value is None else f"{value:.1e}"
+    if case.get("map_all_zero"):  # no relative change of a zero map: its absolute one
+        return f"all-zero map (max change {case['max_abs_change']:.0e})"
+    return "—" if value is None or value != value else f"{value:.1e}"
 
 
 def _fusion_layout(settings: dict[str, Any]) -> str:

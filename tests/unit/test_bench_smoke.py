@@ -125,7 +125,7 @@ def test_engine_bench_runs_lite0_and_keeps_the_other_rows(renderers: Any, tmp_pa
     table = _render(renderers, "engine", record, tmp_path)
     assert "| efficientnet_lite0 32² | gradient | fp32 |" in table
     assert "| efficientnet_lite0 32² | grad_cam | fp32 |" in table
-    assert table.count("| resnet") == 4
+    assert table.count("| resnet") == sum(c["model"].startswith("resnet") for c in kept)
     assert f"Measured {kept[0]['machine']['date'][:10]}" in table  # the kept rows' own run
     assert f"measured {record['machine']['date'][:10]}" in table
 

@@ -133,6 +133,8 @@ class LayerReader:
 
         def hook(_module: nn.Module, _args: Any, output: Any) -> Any:
             if isinstance(output, torch.Tensor):
+                if not output.requires_grad:  # nothing before it keeps a graph: start it here
+                    output = output.detach().requires_grad_(True)
                 read.append(output)
                 return output.clone()  # later inplace units change the copy, not `output`
             return None

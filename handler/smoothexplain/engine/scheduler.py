@@ -410,7 +410,10 @@ class Scheduler:
     ) -> torch.Tensor | None:
         try:
             # The pieces keep the plain rows; the model sees them in the group's layout.
-            leaf = rows_in(self._rows_layout, rows.detach()).requires_grad_(True)
+            leaf = rows_in(self._rows_layout, rows.detach())
+            guided = self._guided_cam is not None and methods[0] is Method.GUIDED_GRAD_CAM
+            if self._reader is None or guided:  # a CAM alone needs no graph below its layer
+                leaf.requires_grad_(True)
             if self._reader is not None:
                 return self._cam_maps(leaf, targets, methods, self._reader)
             with _autocast(self._precision, leaf.device):
