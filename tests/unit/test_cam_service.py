@@ -179,3 +179,69 @@ def test_a_bad_cam_reshape_is_refused_at_load() -> None:
         parse_config({"model_class": "m:M", "cam_reshape": {"grid": [0, 4]}})
     assert caught.value.field == "cam_reshape.grid"
     assert isinstance(parse_config({"model_class": "m:M"}), ServingConfig)
+
+
+def test_a_cam_of_a_tensor_the_model_cannot_take_is_400_naming_its_shape(
+    served: ExplainService,
+) -> None:
+    """Lite0's census forward fails on 8 x 8 (its pools): the request's shape, not a 500."""
+    bad, good = _grpc(
+        served,
+        _request(_x(side=8), method=pb.METHOD_GRAD_CAM),
+        _request(_x(), method=pb.METHOD_GRAD_CAM),
+    )
+    assert bad.error.http_status == 400 and bad.error.field == "input.tensor.shape"
+    assert "(3, 8, 8)" in bad.error.message
+    assert not good.HasField("error")
+
+
+def _pyramid() -> nn.Module:
+    """Three convolutions with a pool between each: at 4 x 4 the last ones are 1 x 1."""
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for channels_in, channels_out in ((3, 4), (4, 4), (4, 4)):
+        layers += [nn.Conv2d(channels_in, channels_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+    layers[-1] = nn.AdaptiveAvgPool2d(1)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(4, 5)).eval()
+
+
+def test_the_default_layer_follows_the_input_shape_as_explain_finds_it() -> None:
+    service = _tiny(_pyramid(), preprocess={"size": 16, "resize": 16})
+    assert service.default_layer == "7"  # the last ReLU: 4 x 4 at the served 16 x 16
+    small = _x(side=4)
+    request = _request(small, method=pb.METHOD_GRAD_CAM, cam_resolution=pb.CAM_RESOLUTION_LAYER)
+    request.target = 1
+    (answer,) = _grpc(service, request)
+    assert not answer.HasField("error"), answer.error.message
+    assert answer.options.layer == "4"  # at 4 x 4 the ReLU after the first pool is 2 x 2
+    expected = explain(
+        _pyramid(), small[None], 1, method="grad_cam", nt_samples=3, seed=4,
+        cam_resolution="layer", bounds=service.bounds,
+    )  # fmt: skip
+    assert tuple(answer.attribution.shape) == tuple(expected.shape[1:]) == (1, 2, 2)
+
+
+def test_cam_options_asked_of_an_input_method_are_400_naming_them() -> None:
+    layer = "encoder.layers.encoder_layer_1.ln_1"
+    config: dict[str, Any] = {
+        "preprocess": {"size": 32, "resize": 32},
+        "cam_reshape": {"grid": [4, 4], "skip_tokens": 1},
+        "defaults": {"layer": layer},  # a CAM default: input methods never see it
+    }
+    service = _tiny(tiny_vit(), **config)
+    x = _x(side=32)
+    requests = [
+        _request(x, method=pb.METHOD_GRADIENT, layer=layer),
+        _request(x, method=pb.METHOD_GRADIENT, cam_resolution=pb.CAM_RESOLUTION_LAYER),
+        _request(x, method=pb.METHOD_GRADIENT),
+    ]
+    for request in requests:
+        request.target = 1
+    named, resolution, plain = _grpc(service, *requests)
+    assert named.error.http_status == 400 and named.error.field == "options.layer"
+    assert "grad_cam" in named.error.message
+    assert resolution.error.field == "options.cam_resolution"
+    assert not plain.HasField("error") and not plain.options.HasField("layer")
+    with pytest.raises(InvalidArgument) as caught:
+        explain(small_cnn(), torch.zeros(1, 3, 8, 8), 0, layer="net.0", nt_samples=2)
+    assert caught.value.field == "layer"

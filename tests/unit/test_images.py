@@ -287,7 +287,15 @@ def test_an_aspect_ratio_above_the_limit_is_refused_from_its_header(
     with pytest.raises(LimitExceeded, match="max_aspect_ratio=100") as info:
         load_image(_png_header(width, height), crop=(64, 64), max_aspect_ratio=100)
     assert info.value.field == "input.image"
-    assert f"{max(width, height) / min(width, height):.1f}:1" in info.value.message
+    assert f"{max(width, height) / min(width, height):.6g}:1" in info.value.message
+
+
+def test_an_aspect_ratio_just_above_the_limit_does_not_read_as_equal_to_it() -> None:
+    with pytest.raises(LimitExceeded) as info:
+        load_image(_png_header(100, 10001), crop=(64, 64), max_aspect_ratio=100)
+    assert "an aspect ratio of 100.01:1, above the server limit max_aspect_ratio=100" in str(
+        info.value.message
+    )
 
 
 def test_a_webp_strip_is_refused_before_its_decoder_is_made(

@@ -264,6 +264,20 @@ def make_spec(**values: object) -> ExplainSpec:
             "return_convergence_delta is only defined for method='integrated_gradients'",
             field="return_convergence_delta",
         )
+    if checked["method"] not in CAM_METHODS:  # CAM options asked of an input method
+        cams = ", ".join(sorted(m.value for m in CAM_METHODS))
+        if checked["layer"] is not None:
+            raise InvalidArgument(
+                f"layer names the module a class-activation map reads; method="
+                f"{checked['method'].value!r} reads none (methods with a layer: {cams})",
+                field="layer",
+            )
+        if checked["cam_resolution"] is CamResolution.LAYER:
+            raise InvalidArgument(
+                f"cam_resolution='layer' applies to class-activation maps ({cams}), not to "
+                f"method={checked['method'].value!r}",
+                field="cam_resolution",
+            )
     if (
         checked["method"] is Method.GUIDED_GRAD_CAM
         and checked["cam_resolution"] is CamResolution.LAYER

@@ -107,7 +107,10 @@ def load_image(
         if isinstance(error, InvalidArgument):
             raise
         if isinstance(error, Image.DecompressionBombError | Image.DecompressionBombWarning):
-            raise LimitExceeded(f"{field} is too large: {_detail(error)}", field=field) from None
+            limit = "" if max_pixels is None else f" (server limit max_pixels={max_pixels})"
+            raise LimitExceeded(
+                f"{field} is too large{limit}: {_detail(error)}", field=field
+            ) from None
         raise InvalidArgument(
             f"{field} cannot be decoded as {_NAMES[kind]}: {_detail(error)}", field=field
         ) from None
@@ -164,7 +167,7 @@ class _SizeLimits:
         short, long = min(width, height), max(width, height)
         if self.max_aspect_ratio is not None and long > self.max_aspect_ratio * short:
             self._refuse(
-                f"{width}×{height} pixels, an aspect ratio of {long / short:.1f}:1",
+                f"{width}×{height} pixels, an aspect ratio of {long / short:.6g}:1",
                 f"max_aspect_ratio={self.max_aspect_ratio:g}; crop it closer to a square",
             )
         if self.resize is not None and short > 0:

@@ -102,8 +102,13 @@ def check_limits(spec: ExplainSpec, limits: Limits, prefix: str = "options.") ->
 def _check_defaults(defaults: Defaults, limits: Limits) -> None:
     """The model's defaults must make a request that can run: what a request that sets no
     option gets is judged at load, not blamed on the first client (errors name `defaults.*`)."""
+    values = {k: v for k, v in defaults.values.items() if k in SPEC_NAMES}
     try:
-        spec = make_spec(**{k: v for k, v in defaults.values.items() if k in SPEC_NAMES})
+        cam = {k: values.pop(k) for k in ("layer", "cam_resolution") if k in values}
+        spec = make_spec(**values)
+        if cam:  # CAM defaults are for CAM requests: checked on one whatever the method
+            as_cam = make_spec(**(values if spec.cam else {**values, "method": "grad_cam"}), **cam)
+            spec = as_cam if spec.cam else spec
     except InvalidArgument as error:
         raise InvalidArgument(
             f"defaults.{error.message}", field=f"defaults.{error.field}"

@@ -18,7 +18,7 @@ from ..engine.cpu import slow_precision_reason
 from ..engine.spec import SPEC_OPTIONS, ExplainSpec, Method, make_spec
 from ..protocol.checks import check_option, finite_float32
 from ..protocol.errors import InvalidArgument, LimitExceeded
-from ..protocol.options import from_proto, option
+from ..protocol.options import CAM_METHODS, from_proto, option
 from .codec import decode_request, image_to_tensor, tensor_from_message
 from .config import Limits, ServingConfig, check_limits
 
@@ -97,6 +97,9 @@ def seeded(decoded: Decoded, guided_refusal: str | None) -> Decoded:
     return replace(decoded, seed=seed_of(decoded.request.options))
 
 
+_CAM_OPTIONS = ("layer", "cam_resolution")
+
+
 def spec_of(options: pb.ExplainOptions, config: ServingConfig, bounds: Bounds) -> ExplainSpec:
     """The request's spec: its options (from the wire), else the model's defaults (a CAM
     layer left to neither stays None: the service fills in the one it found at load)."""
@@ -108,6 +111,11 @@ def spec_of(options: pb.ExplainOptions, config: ServingConfig, bounds: Bounds) -
         for o in SPEC_OPTIONS
     }
     try:
+        method = check_option(option("method"), values["method"], "method")
+        if method not in CAM_METHODS:  # a model-config's CAM defaults do not reach them
+            for name in _CAM_OPTIONS:
+                if asked[name] is None:
+                    values[name] = option(name).default
         spec = make_spec(**values, bounds=bounds, cam_reshape=config.cam_reshape)
     except InvalidArgument as error:
         raise type(error)(f"options.{error.message}", field=f"options.{error.field}") from None

@@ -308,13 +308,17 @@ class ExplainService:
         work.response.timings.decode_ms = 1000 * (time.perf_counter() - started)
 
     def _with_layer(self, decoded: Decoded, spec: ExplainSpec) -> Decoded:
-        """A CAM request with its layer: asked, the model-config's or the one found at load
-        (echoed in the answer), refused before any pass when unusable (options.layer)."""
-        if spec.layer is None:
-            decoded = replace(decoded, spec=replace(spec, layer=self.default_layer))
-        assert decoded.spec is not None
-        self.scheduler.cams.resolve(decoded.spec, decoded.inputs, "options.")
-        return decoded
+        """A CAM request with its layer: asked, the model-config's, else the default for its
+        input's shape (the served shape's found at load; echoed in the answer), refused
+        before any pass when unusable (options.layer) or when the model cannot take the
+        input at all (a raw tensor: input.tensor.shape)."""
+        try:
+            layer = self.scheduler.cams.resolve(spec, decoded.inputs, "options.")
+        except SmoothExplainError:
+            raise
+        except Exception as error:  # the census forward failed in the model itself
+            raise _refused(decoded, error) from None
+        return replace(decoded, spec=replace(spec, layer=layer))
 
     def _predict(self, tasks: list[_Task]) -> None:
         groups: dict[tuple[int, ...], list[_Task]] = {}
