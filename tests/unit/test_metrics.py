@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,8 +158,7 @@ def test_a_broken_metrics_directory_never_breaks_serving(
 def test_a_reset_the_kernel_ignores_is_reported_and_no_host_peak_recorded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    block = np.ones(64 * 2**20, dtype=np.uint8)  # the peak now lies 64 MiB above the RSS
-    del block
+    _touch_and_unmap()  # the peak now lies 64 MiB above the RSS
     monkeypatch.setattr(memory, "CLEAR_REFS", tmp_path / "clear_refs")  # written, ignored
     assert not memory.reset_peak_rss()
     metrics = ServiceMetrics("tiny", torch.device("cpu"))
@@ -258,11 +258,23 @@ def test_exporter_serves_metrics_and_probes(exporter: Exporter) -> None:
         requests.get(f"{exporter.url}/healthz", timeout=5)
 
 
+def _touch_and_unmap(size: int = 64 * 2**20) -> None:
+    """Make `size` bytes resident, then give them back to the kernel (an mmap of its own:
+    malloc, whose thresholds other tests raise with keep_freed_memory, may keep a freed
+    array resident)."""
+    block = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1
+    block.close()
+
+
 def test_peak_rss_is_reset_per_batch() -> None:
     baseline = memory.peak_rss_bytes()
-    block = np.ones(64 * 2**20, dtype=np.uint8)  # touched, so resident
+    block = mmap.mmap(-1, 64 * 2**20)
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1  # touched, so resident
     high = memory.peak_rss_bytes()
-    del block
+    block.close()
     assert baseline is not None and high is not None and high >= 64 * 2**20
     if memory.reset_peak_rss():  # it says it took: the 64 MiB block is out of the peak
         after = memory.peak_rss_bytes()

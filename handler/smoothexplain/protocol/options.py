@@ -295,7 +295,8 @@ OPTIONS: tuple[Option, ...] = (
         str,
         None,
         "class-activation maps: the module read, by its name in the model (default: the last "
-        "module with a 4-D output that runs once per forward)",
+        "module with a 4-D output that runs once per forward and is not 1 x 1, found per input "
+        "shape and echoed; asked of an input method: refused naming it)",
         proto="layer",
         flag="--layer",
         config=True,
@@ -304,7 +305,8 @@ OPTIONS: tuple[Option, ...] = (
     _enum(
         "cam_resolution",
         CamResolution,
-        "class-activation maps: upsampled bilinearly to the input, or at the layer's own size",
+        "class-activation maps: upsampled bilinearly to the input, or at the layer's own size "
+        "(layer asked of an input method: refused naming it)",
         cam_only=True,
     ),
     Option(

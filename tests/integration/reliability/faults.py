@@ -3,7 +3,7 @@
 The models are the demo weights behind faulty.py: "slow" sleeps SLEEP seconds in every
 explain-sized call (8 rows per chunk), "tight" too with a 4 s responseTimeout, "one_long_call"
 sleeps 5 s in one call with a 3 s responseTimeout, "oom" runs out of memory above 8 rows, and
-"capped" is "slow" with limits.max_batch_seconds = 3 (admission by cost).
+"capped" is "slow" with limits.max_batch_seconds = 4 (admission by cost).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def build_fault_store(store: Path, artifacts: Path, logs: Path) -> dict[str, str
         "oom": ({"oom_above": 8, "calls_file": str(logs / "oom.calls")}, batching),
         "capped": ({**slow, "calls_file": str(logs / "capped.calls")}, batching),
     }
-    limits = {"capped": {"max_batch_seconds": 3.0}}
+    limits = {"capped": {"max_batch_seconds": 4.0}}
     for name, (kwargs, keys) in models.items():
         build_archive(
             store, name, artifacts, model_class=CLASS, model_kwargs=kwargs, torchserve=keys,

@@ -289,14 +289,14 @@ class CostlyResult:
 
 
 def costly_batch(kit: FaultKit) -> CostlyResult:
-    """On "capped" (limits.max_batch_seconds = 3, 0.2 s per 8-row chunk): one explanation
+    """On "capped" (limits.max_batch_seconds = 4, 0.2 s per 8-row chunk): one explanation
     whose estimate alone is above the limit, then three 8-chunk ones (about 1.6 s each) and
     a small one sent together: the small one and what fits are computed, the rest get 503 at
     once without a chunk computed for them."""
     log = kit.logs / "capped.calls"
     # Teaches the worker its rate on a request as large as the big ones: a request's fixed
     # overhead is then spread over as many rows as theirs (a 16-sample lesson under load made
-    # one big request look dearer than the 3 s limit).
+    # one big request look dearer than the limit; 4 s leaves a loaded machine 2 s of slack).
     kit.grpc("capped", explain_request(nt_samples=64, seed=4))
     status, body = kit.rest("capped", explain_request(nt_samples=480))
     error = body.get("error", {})
