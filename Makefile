@@ -107,7 +107,9 @@ report: install model
 	$(QUALITY)
 
 # The pretrained part alone: EfficientNet-Lite0/1/2 on the 8 shipped photographs; the shapes
-# part of docs/quality.md is re-rendered from its cache, or kept as it is without one.
+# part of docs/quality.md is re-rendered from its cache, or kept as it is without one. Each
+# network is kept in artifacts/quality/real-networks/ as it finishes: a cut-off run, started
+# again with the same plan, measures only the networks it had not finished.
 report-real: install
 	$(QUALITY) --part real
 

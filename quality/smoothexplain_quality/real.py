@@ -8,10 +8,13 @@ cascading-randomisation correlations. Smoothed IG uses joint (noise, α) samplin
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -265,20 +268,68 @@ def _measure_network(
     return measured, figure
 
 
+def _plan_key(plan: RealPlan) -> str:
+    return json.dumps(asdict(plan), sort_keys=True)
+
+
+def _finished(
+    checkpoint: Path | None, name: str, plan: RealPlan
+) -> tuple[dict[str, Any], dict[str, np.ndarray]] | None:
+    """A network an earlier, cut-off run of the same plan finished, from its checkpoint."""
+    if checkpoint is None:
+        return None
+    entry, arrays = checkpoint / f"real-{name}.json", checkpoint / f"real-{name}.npz"
+    if not (entry.is_file() and arrays.is_file()):
+        return None
+    saved = json.loads(entry.read_text())
+    if saved.get("plan") != _plan_key(plan):
+        return None
+    with np.load(arrays) as maps:
+        return saved, {key: maps[key] for key in maps.files}
+
+
+def _checkpoint(
+    checkpoint: Path | None, name: str, saved: dict[str, Any], maps: dict[str, np.ndarray]
+) -> None:
+    if checkpoint is None:
+        return
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(checkpoint / f"real-{name}.npz", allow_pickle=False, **maps)
+    (checkpoint / f"real-{name}.json").write_text(json.dumps(saved) + "\n")
+
+
 def measure_real(
-    plan: RealPlan, log: Log = _stderr
+    plan: RealPlan, log: Log = _stderr, checkpoint: Path | None = None
 ) -> tuple[dict[str, object], dict[str, np.ndarray]]:
-    """Run the study; returns the JSON-ready results and the maps the figures show."""
-    start, cpu_start = time.perf_counter(), time.process_time()
+    """Run the study; returns the JSON-ready results and the maps the figures show. With a
+    `checkpoint` folder each network's results are kept there as it finishes, and a network
+    an earlier run of the same plan finished is read back instead of measured again (its
+    seconds still counted)."""
     per_network: dict[str, object] = {}
     figure: dict[str, np.ndarray] = {}
+    seconds = cpu_seconds = 0.0
     for name in plan.networks:
-        per_network[name], maps = _measure_network(name, plan, log)
+        found = _finished(checkpoint, name, plan)
+        if found is None:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            result, maps = _measure_network(name, plan, log)
+            saved: dict[str, Any] = {
+                "plan": _plan_key(plan),
+                "result": result,
+                "seconds": time.perf_counter() - start,
+                "cpu_seconds": time.process_time() - cpu_start,
+            }
+            _checkpoint(checkpoint, name, saved, maps)
+        else:
+            saved, maps = found
+            log(f"[{name}] read back from {checkpoint} (finished by an earlier run)")
+        per_network[name] = saved["result"]
+        seconds, cpu_seconds = seconds + saved["seconds"], cpu_seconds + saved["cpu_seconds"]
         figure |= maps
     results: dict[str, object] = {
         "meta": {
-            "seconds": round(time.perf_counter() - start, 1),
-            "cpu_seconds": round(time.process_time() - cpu_start, 1),
+            "seconds": round(seconds, 1),
+            "cpu_seconds": round(cpu_seconds, 1),
             "torch_threads": torch.get_num_threads(),
             "plan": asdict(plan),
         },

@@ -271,7 +271,7 @@ def build(
     if not render_only and plan is not None:
         _save(*measure(plan, cache, demo), shapes_file)
     if not render_only and real is not None:
-        _save(*measure_real(real), real_file)
+        _save(*measure_real(real, checkpoint=cache / "real-networks"), real_file)
     from .report import render  # matplotlib is imported only when rendering
 
     shapes = _load(shapes_file)

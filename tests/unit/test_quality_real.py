@@ -90,3 +90,27 @@ def test_real_part_measures_renders_and_rerenders_alone(tmp_path: Path) -> None:
     (docs / "quality.md").unlink()
     build(None, docs, cache, tmp_path / "demo", render_only=True)
     assert "is not measured here" in (docs / "quality.md").read_text()
+
+
+def test_a_cut_off_run_keeps_the_networks_it_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smoothexplain_quality import real as real_module
+
+    checkpoint = tmp_path / "real-networks"
+    first, maps = real_module.measure_real(TINY, log=lambda _: None, checkpoint=checkpoint)
+    assert (checkpoint / "real-lite0.json").is_file()
+    assert "gcampp/sg" in first["per_network"]["lite0"]["ours"]  # type: ignore[index]
+
+    def not_again(*_: object) -> None:
+        raise AssertionError("a finished network was measured again")
+
+    monkeypatch.setattr(real_module, "_measure_network", not_again)
+    said: list[str] = []
+    again, maps_again = real_module.measure_real(TINY, log=said.append, checkpoint=checkpoint)
+    assert again["per_network"] == first["per_network"] and "read back" in said[0]
+    assert again["meta"]["seconds"] == first["meta"]["seconds"] > 0  # type: ignore[index]
+    assert set(maps_again) == set(maps)
+    changed = replace(TINY, curve_steps=2)  # another plan: nothing is read back
+    with pytest.raises(AssertionError, match="measured again"):
+        real_module.measure_real(changed, log=lambda _: None, checkpoint=checkpoint)
